@@ -1,0 +1,320 @@
+"""Assembly: the request handler that runs one request through every step.
+
+The public port is served by aiohttp's low-level :class:`aiohttp.web.Server`
+with a single handler, with no router or middleware chain in the way of
+the event path. For each request:
+
+1. recognise: requests under ``/api_v3/`` whose body (if any) is a small
+   form or JSON document are read and taken apart; everything else is
+   streamed through untouched (:mod:`proxy.upstream.stream`);
+2. to 4. match, resolve and apply (:mod:`proxy.enrich`);
+5. forward: events go upstream on the lean keep-alive pool
+   (:mod:`proxy.upstream.pool`) and the answer is relayed as it came;
+6. record: metrics and one access log line.
+
+Whatever goes wrong inside enrichment, the event is forwarded as it came:
+a bug in a rule never costs an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Final
+
+from aiohttp import web
+from yarl import URL
+
+from proxy.enrich import Enricher, EventOutcome
+from proxy.headers import (
+    ForwardingPolicy,
+    client_address,
+    parse_networks,
+    response_headers,
+    upstream_headers,
+)
+from proxy.kaltura.recognise import RequestKind, is_api_path, recognise
+from proxy.kaltura.session import KsReader
+from proxy.metrics import Metrics, event_type_label
+from proxy.rules.model import RuleSet
+from proxy.upstream.pool import Origin, PoolSettings, UpstreamError, UpstreamPool
+from proxy.upstream.stream import StreamFailure, StreamingForwarder
+
+access_logger = logging.getLogger("kstats.access")
+logger = logging.getLogger("kstats.proxy")
+
+# Bodies of these media types may hold an event and are read whole when
+# they are small enough; any other body streams through.
+_EVENT_MEDIA_TYPES: Final = ("application/json", "application/x-www-form-urlencoded")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """How the proxy forwards, fixed at start.
+
+    ``max_event_body`` is the largest body read to look for events; a
+    larger one is streamed through unchanged for Kaltura to judge.
+    """
+
+    upstream_url: str = "https://www.kaltura.com"
+    forward_cookies: frozenset[str] = frozenset()
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    max_event_body: int = 256 * 1024
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    stream_connect_timeout: float = 3.0
+    stream_read_timeout: float = 30.0
+
+
+def origin_form(target: str) -> str | None:
+    """The path and query of a request target; None for ``*`` and the like.
+
+    An absolute-form target (``GET http://elsewhere/x``) keeps only its
+    path and query: the destination is always the configured upstream.
+    """
+    if target.startswith("/"):
+        return target
+    if "://" not in target:
+        return None
+    try:
+        url = URL(target, encoded=True)
+    except ValueError:
+        return None
+    return url.raw_path_qs if url.raw_path_qs.startswith("/") else "/" + url.raw_path_qs
+
+
+def _media_type(request: web.BaseRequest) -> str:
+    return request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+
+
+async def _read_prefix(request: web.BaseRequest, limit: int) -> tuple[bytes, bool]:
+    """Read up to ``limit`` bytes of the body; say whether that was all."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), False
+
+
+def _plain(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text, content_type="text/plain")
+
+
+class ProxyApp:
+    """The proxy's public side: one handler for every request."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        rules: RuleSet,
+        *,
+        metrics: Metrics,
+        ks_reader: KsReader,
+    ) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.metrics = metrics
+
+        origin = Origin.from_url(settings.upstream_url)
+        self._forwarding = ForwardingPolicy(
+            upstream_host=origin.host_header,
+            trusted=parse_networks(settings.trusted_proxies),
+            forward_cookies=settings.forward_cookies,
+        )
+        self._enricher = Enricher(ks_reader=ks_reader)
+        self._pool = UpstreamPool(origin, settings.pool)
+        self._streamer = StreamingForwarder(
+            settings.upstream_url,
+            connect_timeout=settings.stream_connect_timeout,
+            read_timeout=settings.stream_read_timeout,
+            max_connections=settings.pool.max_connections,
+        )
+
+    def replace_rules(self, rules: RuleSet) -> None:
+        """Use ``rules`` for requests that start from now on."""
+        self.rules = rules
+        self.metrics.set_rules(rules.digest)
+
+    async def close(self) -> None:
+        await self._pool.close()
+        await self._streamer.close()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Run one request through recognise, enrich, forward and record."""
+        if request.method == "CONNECT":
+            return self._reject("connect", 405, "CONNECT is not supported here\n")
+        target = origin_form(request.raw_path)
+        if target is None:
+            return self._reject("bad_target", 400, "invalid request target\n")
+        if not is_api_path(target):
+            return await self._stream(request, target, RequestKind.OTHER)
+
+        # read a body that may hold events; stream any other
+        body = b""
+        if request.body_exists:
+            length = request.content_length
+            limit = self.settings.max_event_body
+            small = length is None or length <= limit
+            if _media_type(request) not in _EVENT_MEDIA_TYPES or not small:
+                return await self._stream(request, target, RequestKind.OTHER)
+            body, complete = await _read_prefix(request, limit)
+            if not complete:
+                return await self._stream(
+                    request, target, RequestKind.OTHER, body_prefix=body
+                )
+
+        content_type = request.headers.get("Content-Type")
+        recognised = recognise(
+            request.method, target, content_type, body if request.body_exists else None
+        )
+        if not recognised.events:
+            return await self._stream(
+                request, target, recognised.kind, body_prefix=body, complete=True
+            )
+
+        # enrich, falling back to the event as it came on any fault
+        started = time.perf_counter()
+        outcomes: list[EventOutcome] = []
+        try:
+            outcomes = await self._enricher.enrich(
+                self.rules, recognised, headers=request.headers, host=request.host
+            )
+            new_target = recognised.render_target()
+            new_body = recognised.render_body(body)
+        except Exception:
+            logger.exception("enrichment failed; forwarding the request as it came")
+            outcomes, new_target, new_body = [], target, body
+        enrich_seconds = time.perf_counter() - started
+
+        return await self._forward_events(
+            request, recognised.kind, new_target, new_body, outcomes, enrich_seconds
+        )
+
+    async def _forward_events(
+        self,
+        request: web.BaseRequest,
+        kind: RequestKind,
+        target: str,
+        body: bytes,
+        outcomes: list[EventOutcome],
+        enrich_seconds: float,
+    ) -> web.StreamResponse:
+        headers = upstream_headers(
+            request.headers, request.remote, self._forwarding, keep_length=False
+        )
+        started = time.perf_counter()
+        try:
+            answer = await self._pool.request(request.method, target, headers, body)
+        except UpstreamError as error:
+            # TODO: events are lost here while the upstream is down; a
+            # durable spool that answers the player and replays later
+            # would keep them.
+            self.metrics.upstream_failures.labels(reason=error.reason).inc()
+            logger.warning("upstream failed for a %s request: %s", kind, error)
+            status = 504 if error.reason == "timeout" else 502
+            response: web.StreamResponse = _plain(status, "upstream unavailable\n")
+        else:
+            upstream_seconds = time.perf_counter() - started
+            self.metrics.upstream_duration.labels(kind=kind).observe(upstream_seconds)
+            response = web.Response(
+                status=answer.status,
+                reason=answer.reason,
+                body=answer.body,
+                headers=response_headers(answer.headers, keep_length=False),
+            )
+
+        self._record(request, kind, response.status, outcomes, enrich_seconds)
+        return response
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        target: str,
+        kind: RequestKind,
+        *,
+        body_prefix: bytes = b"",
+        complete: bool = False,
+    ) -> web.StreamResponse:
+        headers = upstream_headers(
+            request.headers,
+            request.remote,
+            self._forwarding,
+            keep_length=not complete,
+        )
+        started = time.perf_counter()
+        try:
+            response = await self._streamer.forward(
+                request,
+                target,
+                headers,
+                body_prefix=body_prefix,
+                body_complete=complete,
+            )
+        except StreamFailure as error:
+            self.metrics.upstream_failures.labels(reason=error.reason).inc()
+            if error.reason == "reset":
+                raise  # the answer had begun: only dropping the connection is left
+            logger.warning("upstream failed for a %s request: %s", kind, error)
+            status = 504 if error.reason == "timeout" else 502
+            response = _plain(status, "upstream unavailable\n")
+        else:
+            seconds = time.perf_counter() - started
+            self.metrics.upstream_duration.labels(kind=kind).observe(seconds)
+        self._record(request, kind, response.status, [], 0.0)
+        return response
+
+    def _reject(self, reason: str, status: int, text: str) -> web.Response:
+        self.metrics.rejected.labels(reason=reason).inc()
+        self.metrics.requests.labels(kind=RequestKind.OTHER, code=str(status)).inc()
+        return _plain(status, text)
+
+    def _record(
+        self,
+        request: web.BaseRequest,
+        kind: RequestKind,
+        status: int,
+        outcomes: list[EventOutcome],
+        enrich_seconds: float,
+    ) -> None:
+        metrics = self.metrics
+        metrics.requests.labels(kind=kind, code=str(status)).inc()
+        for outcome in outcomes:
+            event = outcome.event
+            label = event_type_label(event.api, event.event_type)
+            metrics.events.labels(api=event.api, event_type=label).inc()
+            for rule in outcome.matched:
+                metrics.rule_matches.labels(rule=rule).inc()
+            for enrichment in outcome.enrichments:
+                metrics.enrichments.labels(
+                    field=enrichment.field, source=enrichment.source
+                ).inc()
+
+        if access_logger.isEnabledFor(logging.INFO):
+            access_logger.info(
+                "%s %s %s",
+                request.method,
+                kind,
+                status,
+                extra={
+                    "fields": {
+                        "method": request.method,
+                        "kind": str(kind),
+                        "status": status,
+                        "client": client_address(
+                            request.remote,
+                            request.headers.get("X-Forwarded-For"),
+                            self._forwarding,
+                        ),
+                        "events": len(outcomes),
+                        "rules": sorted({r for o in outcomes for r in o.matched}),
+                        "added": [
+                            f"{e.field}:{e.source}" for o in outcomes for e in o.added
+                        ],
+                        "enrich_ms": round(enrich_seconds * 1000, 3),
+                    }
+                },
+            )

@@ -1,0 +1,1 @@
+"""Kaltura wire protocol: event forms, parameter codecs and KS."""

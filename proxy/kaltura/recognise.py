@@ -1,0 +1,279 @@
+"""Step 1, recognise: tell a player event from any other request.
+
+Kaltura's API accepts one call in many shapes (PROTOCOL.md 1.1, 2.1, 5.1):
+
+- the query form ``/api_v3/index.php?service=stats&action=collect&...``;
+- the path forms ``/api_v3/index.php/service/stats/action/collect`` and
+  ``/api_v3/service/stats/action/collect``, and KDP3's ``//api_v3/...``;
+- parameters in the query, a form body or a JSON body, the URL winning;
+- ``event:`` keys written literally or as ``event%3A``;
+- ``multirequest`` with ``N:service``/``N:action`` sub-requests, as
+  parameters or as a JSON object with numeric keys;
+- KAVA ``service=analytics&action=trackEvent``, flat in the query (GET) or
+  with four fields in the query and the rest in a JSON body (POST).
+
+:func:`recognise` turns a request into a :class:`Recognised`: its kind and
+an :class:`~proxy.kaltura.events.EventView` per statistics event. Anything
+it cannot read (a malformed body, invalid UTF-8) leaves the request with no
+events, to be forwarded as it came for Kaltura to judge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+import orjson
+
+from proxy.kaltura.events import EventView, JsonDocument, JsonStore, ParamStore, Store
+from proxy.kaltura.fields import Api
+from proxy.kaltura.params import QueryParams, decode_component
+
+_API_PREFIX: Final = "api_v3/"
+
+
+class RequestKind(StrEnum):
+    """What a request is, as the ``kind`` label of the metrics names it."""
+
+    STATS = "stats"
+    MULTIREQUEST = "multirequest"
+    KAVA = "kava"
+    OTHER = "other"
+
+
+class BodyKind(StrEnum):
+    NONE = "none"
+    FORM = "form"
+    JSON = "json"
+    OPAQUE = "opaque"
+
+
+@dataclass(slots=True)
+class Recognised:
+    """A request taken apart: its kind, its events and what can be rewritten."""
+
+    kind: RequestKind
+    path: str
+    query: QueryParams
+    has_query: bool
+    body_kind: BodyKind = BodyKind.NONE
+    form: QueryParams | None = None
+    json: JsonDocument | None = None
+    events: list[EventView] = field(default_factory=list)
+
+    def render_target(self) -> str:
+        """The request target, rewritten only if a query value changed."""
+        if not self.has_query and not self.query.changed:
+            return self.path
+        return f"{self.path}?{self.query.render()}"
+
+    def render_body(self, original: bytes) -> bytes:
+        """The body to send: ``original`` unless an event value was added."""
+        if self.form is not None and self.form.changed:
+            return self.form.render().encode()
+        if self.json is not None and self.json.changed:
+            return orjson.dumps(self.json.data)
+        return original
+
+    @property
+    def body_changed(self) -> bool:
+        form_changed = self.form is not None and self.form.changed
+        return form_changed or (self.json is not None and self.json.changed)
+
+
+def is_api_path(target: str) -> bool:
+    """Whether a request target is under ``/api_v3/``, one slash or more."""
+    return target.lstrip("/").startswith(_API_PREFIX)
+
+
+def _path_params(path: str) -> dict[str, str]:
+    """The ``/key/value`` pairs after ``/api_v3/[index.php]``."""
+    rest = path.lstrip("/")[len(_API_PREFIX) :]
+    if rest.startswith("index.php"):
+        rest = rest[len("index.php") :]
+    parts = [part for part in rest.split("/") if part]
+    return {
+        decode_component(parts[i]): decode_component(parts[i + 1])
+        for i in range(0, len(parts) - 1, 2)
+    }
+
+
+def _media_type(content_type: str | None) -> str:
+    if not content_type:
+        return ""
+    return content_type.partition(";")[0].strip().lower()
+
+
+def _parse_body(
+    content_type: str | None, body: bytes | None
+) -> tuple[BodyKind, QueryParams | None, JsonDocument | None]:
+    if not body:
+        return BodyKind.NONE, None, None
+
+    media_type = _media_type(content_type)
+    try:
+        if media_type == "application/x-www-form-urlencoded":
+            return BodyKind.FORM, QueryParams(body.decode("utf-8")), None
+        if media_type == "application/json":
+            stripped = body.strip()
+            if stripped.startswith(b"{") and stripped.endswith(b"}"):
+                data = orjson.loads(stripped)
+                if isinstance(data, dict):
+                    return BodyKind.JSON, None, JsonDocument(data)
+    except (UnicodeDecodeError, orjson.JSONDecodeError):
+        pass
+    return BodyKind.OPAQUE, None, None
+
+
+def _lookup(
+    name: str,
+    path_params: dict[str, str],
+    query: QueryParams,
+    form: QueryParams | None,
+    json: JsonDocument | None,
+) -> str:
+    """A request-level value, looked up in Kaltura's order of precedence."""
+    value = path_params.get(name)
+    if value is None:
+        value = query.get(name)
+    if value is None and form is not None:
+        value = form.get(name)
+    if value is None and json is not None:
+        found = json.data.get(name)
+        value = found if isinstance(found, str) else None
+    return (value or "").lower()
+
+
+def _is_double_encoded(stores: list[ParamStore]) -> bool:
+    """Whether the client pre-encodes its report values, as mwEmbed v2 does.
+
+    The referrer tells best: once decoded, mwEmbed v2's still reads
+    ``https%3A...``. Without a referrer, mwEmbed's ``kwidget`` client tag
+    decides.
+    """
+    for store in stores:
+        raw = store.params.get("event:referrer")
+        if raw is None:
+            raw = next(
+                (
+                    store.params.get(key)
+                    for key in store.params
+                    if key.endswith(":event:referrer")
+                ),
+                None,
+            )
+        if raw:
+            return raw[:8].lower().startswith(("http%3a", "https%3a"))
+    for store in stores:
+        client_tag = store.params.get("clientTag")
+        if client_tag is not None:
+            return client_tag.startswith("kwidget")
+    return False
+
+
+def _uses_encoded_keys(params: QueryParams | None) -> bool:
+    if params is None:
+        return False
+    return any("%3" in raw for key in params for raw in params.raw_keys(key))
+
+
+def _stats_event(
+    query: QueryParams,
+    form: QueryParams | None,
+    json: JsonDocument | None,
+    *,
+    index: int | None,
+) -> EventView:
+    prefix = "" if index is None else f"{index}:"
+    params = [query] if form is None else [query, form]
+    double = _is_double_encoded([ParamStore(p, event_prefix="") for p in params])
+
+    stores: list[Store] = [
+        ParamStore(
+            p,
+            event_prefix=prefix + "event:",
+            param_prefix=prefix,
+            double=double,
+            encoded_keys=_uses_encoded_keys(p),
+        )
+        for p in params
+    ]
+    if json is not None:
+        container = json.data if index is None else json.data.get(str(index))
+        if isinstance(container, dict):
+            stores.append(JsonStore(json, container, nested=True))
+    return EventView(Api.STATS, tuple(stores), stores[-1], index=index)
+
+
+def _kava_event(
+    query: QueryParams, form: QueryParams | None, json: JsonDocument | None
+) -> EventView:
+    stores: list[Store] = [ParamStore(query, event_prefix="")]
+    if form is not None:
+        stores.append(ParamStore(form, event_prefix=""))
+    if json is not None:
+        stores.append(JsonStore(json, json.data, nested=False))
+    return EventView(Api.KAVA, tuple(stores), stores[-1])
+
+
+def _sub_request_indices(
+    query: QueryParams, form: QueryParams | None, json: JsonDocument | None
+) -> list[int]:
+    """The indices N of sub-requests that are ``stats.collect`` calls."""
+    indices: set[int] = set()
+    for params in (query, form):
+        if params is None:
+            continue
+        for key in params:
+            number, _, rest = key.partition(":")
+            if rest == "service" and number.isdigit():
+                service = (params.get(key) or "").lower()
+                action = (params.get(f"{number}:action") or "").lower()
+                if service == "stats" and action == "collect":
+                    indices.add(int(number))
+    if json is not None:
+        for key, call in json.data.items():
+            if key.isdigit() and isinstance(call, dict):
+                service = str(call.get("service", "")).lower()
+                action = str(call.get("action", "")).lower()
+                if service == "stats" and action == "collect":
+                    indices.add(int(key))
+    return sorted(indices)
+
+
+def recognise(
+    method: str, target: str, content_type: str | None, body: bytes | None
+) -> Recognised:
+    """Take a request apart into its kind and its statistics events.
+
+    ``target`` is the origin-form request target as received; ``body`` is
+    None when the body was not read (it streams through untouched).
+    """
+    path, question_mark, raw_query = target.partition("?")
+    query = QueryParams(raw_query)
+    recognised = Recognised(RequestKind.OTHER, path, query, bool(question_mark))
+    if not is_api_path(path):
+        return recognised
+
+    body_kind, form, json = _parse_body(content_type, body)
+    recognised.body_kind, recognised.form, recognised.json = body_kind, form, json
+
+    # the call's service and action, from the path, the query, then the body
+    path_params = _path_params(path)
+    service = _lookup("service", path_params, query, form, json)
+    action = _lookup("action", path_params, query, form, json)
+
+    if service == "stats" and action == "collect":
+        recognised.kind = RequestKind.STATS
+        recognised.events.append(_stats_event(query, form, json, index=None))
+    elif service == "analytics" and action == "trackevent":
+        recognised.kind = RequestKind.KAVA
+        recognised.events.append(_kava_event(query, form, json))
+    elif service == "multirequest":
+        recognised.kind = RequestKind.MULTIREQUEST
+        recognised.events.extend(
+            _stats_event(query, form, json, index=index)
+            for index in _sub_request_indices(query, form, json)
+        )
+    return recognised

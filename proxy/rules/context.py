@@ -1,0 +1,102 @@
+"""What a rule can see of one event: the request as it arrived, and the event.
+
+A :class:`SourceContext` is built once per event, before any value is
+written, so every rule is matched and every source read against the
+original request (SPEC section 9, step 2). Cookies are parsed and KS
+strings decoded only when a rule asks for them.
+
+Serves step 2 (match) and step 3 (resolve).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from proxy.kaltura.events import EventView
+from proxy.kaltura.params import QueryParams
+
+# Inputs longer than this are cut before a rule's regex sees them, so no
+# request can make a pattern run for long (SPEC section 7).
+MAX_MATCHED_INPUT: Final = 4096
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    """The cookies of a ``Cookie`` header; the first of a repeated name wins."""
+    cookies: dict[str, str] = {}
+    for part in header.split(";"):
+        name, equals, value = part.partition("=")
+        name = name.strip()
+        if equals and name and name not in cookies:
+            value = value.strip()
+            if len(value) > 1 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            cookies[name] = value
+    return cookies
+
+
+class SourceContext:
+    """The request and the event that the rules read, for one event.
+
+    ``page`` is the URL of the page that embeds the player: the event's own
+    referrer, else the HTTP ``Referer`` header, cut to
+    :data:`MAX_MATCHED_INPUT` characters. ``ks_user`` reads the user out of
+    a KS string and is shared with the rest of the proxy's KS cache.
+    """
+
+    __slots__ = (
+        "_cookies",
+        "_ks_user",
+        "event",
+        "headers",
+        "host",
+        "page",
+        "params",
+        "path",
+    )
+
+    def __init__(
+        self,
+        *,
+        headers: Mapping[str, str],
+        host: str,
+        path: str,
+        params: tuple[QueryParams, ...],
+        event: EventView,
+        page: str | None,
+        ks_user: Callable[[str], str | None],
+    ) -> None:
+        self.headers = headers
+        self.host = host[:MAX_MATCHED_INPUT]
+        self.path = path[:MAX_MATCHED_INPUT]
+        self.params = params
+        self.event = event
+        self.page = None if page is None else page[:MAX_MATCHED_INPUT]
+        self._ks_user = ks_user
+        self._cookies: dict[str, str] | None = None
+
+    def header(self, name: str) -> str | None:
+        value = self.headers.get(name)
+        return None if value is None else value[:MAX_MATCHED_INPUT]
+
+    def cookie(self, name: str) -> str | None:
+        if self._cookies is None:
+            self._cookies = parse_cookies(self.headers.get("Cookie", ""))
+        value = self._cookies.get(name)
+        return None if value is None else value[:MAX_MATCHED_INPUT]
+
+    def query(self, name: str) -> str | None:
+        for params in self.params:
+            value = params.get(name)
+            if value is not None:
+                return value[:MAX_MATCHED_INPUT]
+        return None
+
+    def ks_user(self, ks: str) -> str | None:
+        """The real user a KS names, or None for a widget KS or a bad one."""
+        return self._ks_user(ks)
+
+    def request_ks_user(self) -> str | None:
+        """The real user of the event's own KS, if it has one."""
+        ks = self.event.ks
+        return None if ks is None else self._ks_user(ks)

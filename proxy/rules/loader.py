@@ -1,0 +1,526 @@
+"""Loading and validating rules files into a :class:`~proxy.rules.model.RuleSet`.
+
+A rules path is one TOML file or a directory of ``*.toml`` files, read in
+name order. Every file is checked completely before anything is used:
+:func:`load_rules` either returns a whole rule set or raises
+:class:`RulesError` listing every problem, each naming the file, the rule,
+the key and the offending value::
+
+    rules/moodle.toml: rule 'moodle': when.page: invalid regex '(' (missing ), ...)
+
+The language itself is described in the README ("Rules files"); in short::
+
+    [[rule]]
+    name = "moodle"
+    when.host = 'moodle\\.example\\.edu'
+    userId = [{ header = "X-Remote-User" }]
+    applicationName = [{ value = "Moodle" }]
+    playbackContext = [{ page = 'id=(\\d+)', table = "courses" }]
+    policy.userId = "override"
+
+    [table.courses]
+    entries = { "42" = 86091 }     # or file = "courses.csv"
+
+    [kaltura]
+    partner_id = 1234
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from proxy.kaltura.fields import FIELDS, Field
+from proxy.rules.model import Condition, KalturaSettings, Policy, Rule, RuleSet
+from proxy.rules.sources import (
+    Decoding,
+    LocalSource,
+    Reader,
+    Source,
+    read_cookie,
+    read_header,
+    read_literal,
+    read_page,
+    read_query,
+    read_request_ks,
+)
+
+_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_READERS: Final = ("value", "page", "header", "cookie", "query", "ks")
+_MODIFIERS: Final = ("pattern", "decode", "table")
+
+# Sources that need a service the proxy calls; they are named so that a
+# rules file using them gets a clear message instead of "unknown key".
+_NETWORK_SOURCES: Final = ("lookup", "category", "entry_category")
+
+
+class RulesError(Exception):
+    """The rules could not be loaded; ``problems`` has one line per error."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Loader:
+    """One load: collects every problem instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.tables: dict[str, Mapping[str, str]] = {}
+        self.rule_names: set[str] = set()
+        self.kaltura: KalturaSettings | None = None
+        self.kaltura_origin = ""
+        self.digest = hashlib.sha256()
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+    # -- small typed readers ------------------------------------------------
+
+    def regex(self, where: str, value: Any) -> re.Pattern[str] | None:
+        if not isinstance(value, str) or not value:
+            self.problem(where, f"expected a regex string, got {_show(value)}")
+            return None
+        try:
+            return re.compile(value)
+        except re.error as error:
+            self.problem(where, f"invalid regex {_show(value)} ({error})")
+            return None
+
+    def string(self, where: str, value: Any) -> str | None:
+        if not isinstance(value, str) or not value:
+            self.problem(where, f"expected a non-empty string, got {_show(value)}")
+            return None
+        return value
+
+    def unknown_keys(self, where: str, table: Mapping[str, Any], known: Any) -> None:
+        for key in table:
+            if key not in known:
+                self.problem(where, f"unknown key {key!r}")
+
+    # -- files --------------------------------------------------------------
+
+    def read_document(self, path: Path) -> dict[str, Any] | None:
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            self.problem(str(path), f"cannot read ({error.strerror})")
+            return None
+        self.digest.update(path.name.encode() + b"\0" + data + b"\0")
+        try:
+            return tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            self.problem(str(path), f"not UTF-8 ({error})")
+        except tomllib.TOMLDecodeError as error:
+            self.problem(str(path), f"invalid TOML ({error})")
+        return None
+
+    def check_top_level(self, path: Path, document: Mapping[str, Any]) -> None:
+        for key in document:
+            if key == "lookup":
+                self.problem(
+                    f"{path}: [lookup]",
+                    "lookups are not supported by this version of kstats-proxy",
+                )
+            elif key not in ("rule", "table", "kaltura"):
+                self.problem(str(path), f"unknown top-level key {key!r}")
+
+    # -- [table.NAME] -------------------------------------------------------
+
+    def load_tables(self, path: Path, document: Mapping[str, Any]) -> None:
+        tables = document.get("table", {})
+        if not isinstance(tables, dict):
+            self.problem(f"{path}: table", "expected [table.NAME] sections")
+            return
+        for name, spec in tables.items():
+            where = f"{path}: table {name!r}"
+            if name in self.tables:
+                self.problem(where, "defined twice")
+            elif not isinstance(spec, dict):
+                self.problem(where, "expected a table with 'entries' or 'file'")
+            else:
+                entries = self.table_entries(where, path, spec)
+                if entries is not None:
+                    self.tables[name] = MappingProxyType(entries)
+
+    def table_entries(
+        self, where: str, path: Path, spec: Mapping[str, Any]
+    ) -> dict[str, str] | None:
+        self.unknown_keys(where, spec, ("entries", "file"))
+        if ("entries" in spec) == ("file" in spec):
+            self.problem(where, "give exactly one of 'entries' and 'file'")
+            return None
+
+        if "entries" in spec:
+            raw = spec["entries"]
+            if not isinstance(raw, dict):
+                self.problem(f"{where}: entries", f"expected a table, got {_show(raw)}")
+                return None
+            rows: list[tuple[str, Any]] | None = list(raw.items())
+        else:
+            name = self.string(f"{where}: file", spec["file"])
+            if name is None:
+                return None
+            rows = self.csv_rows(f"{where}: file", path.parent / name)
+        if rows is None:
+            return None
+
+        entries: dict[str, str] = {}
+        for key, value in rows:
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                self.problem(
+                    f"{where}: entry {key!r}",
+                    f"expected a string or integer, got {_show(value)}",
+                )
+            else:
+                entries[str(key)] = str(value)
+        return entries
+
+    def csv_rows(self, where: str, path: Path) -> list[tuple[str, Any]] | None:
+        """Two columns, key then value; blank lines and ``#`` lines skipped."""
+        try:
+            data = path.read_bytes()
+            text = data.decode("utf-8-sig")
+        except (OSError, UnicodeDecodeError) as error:
+            self.problem(where, f"cannot read {str(path)!r} ({error})")
+            return None
+        self.digest.update(path.name.encode() + b"\0" + data + b"\0")
+
+        rows: list[tuple[str, Any]] = []
+        for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+            if not row or not "".join(row).strip() or row[0].startswith("#"):
+                continue
+            if len(row) != 2:
+                self.problem(
+                    f"{where}: {path.name} line {number}",
+                    f"expected 2 columns, got {len(row)}",
+                )
+                continue
+            rows.append((row[0].strip(), row[1].strip()))
+        return rows
+
+    # -- [kaltura] ----------------------------------------------------------
+
+    def load_kaltura(self, path: Path, document: Mapping[str, Any]) -> None:
+        if "kaltura" not in document:
+            return
+        where = f"{path}: [kaltura]"
+        spec = document["kaltura"]
+        if self.kaltura is not None:
+            self.problem(where, f"already given in {self.kaltura_origin}")
+            return
+        if not isinstance(spec, dict):
+            self.problem(where, "expected a table")
+            return
+        self.unknown_keys(where, spec, ("partner_id", "service_url", "widget_ks"))
+
+        partner_id = spec.get("partner_id")
+        if partner_id is not None and (
+            isinstance(partner_id, bool)
+            or not isinstance(partner_id, int)
+            or partner_id <= 0
+        ):
+            self.problem(
+                f"{where}: partner_id",
+                f"expected a positive integer, got {_show(partner_id)}",
+            )
+            partner_id = None
+
+        service_url = spec.get("service_url")
+        if service_url is not None:
+            parts = urlsplit(service_url) if isinstance(service_url, str) else None
+            if (
+                parts is None
+                or parts.scheme not in ("http", "https")
+                or not parts.netloc
+            ):
+                self.problem(
+                    f"{where}: service_url",
+                    f"expected an http(s) URL, got {_show(service_url)}",
+                )
+                service_url = None
+
+        widget_ks = spec.get("widget_ks", True)
+        if not isinstance(widget_ks, bool):
+            self.problem(
+                f"{where}: widget_ks", f"expected true or false, got {_show(widget_ks)}"
+            )
+            widget_ks = True
+
+        self.kaltura = KalturaSettings(partner_id, service_url, widget_ks)
+        self.kaltura_origin = str(path)
+
+    # -- [[rule]] -----------------------------------------------------------
+
+    def load_rules(self, path: Path, document: Mapping[str, Any]) -> list[Rule]:
+        specs = document.get("rule", [])
+        if not isinstance(specs, list):
+            self.problem(f"{path}: rule", "expected [[rule]] entries")
+            return []
+        rules = []
+        for position, spec in enumerate(specs, start=1):
+            rule = self.rule(path, position, spec)
+            if rule is not None:
+                rules.append(rule)
+        return rules
+
+    def rule(self, path: Path, position: int, spec: Any) -> Rule | None:
+        where = f"{path}: rule #{position}"
+        if not isinstance(spec, dict):
+            self.problem(where, "expected a table")
+            return None
+
+        name = spec.get("name")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            self.problem(
+                f"{where}: name",
+                f"expected 1-64 letters, digits, '_', '.' or '-', got {_show(name)}",
+            )
+            name = f"#{position}"
+        elif name in self.rule_names:
+            self.problem(f"{where}: name", f"rule {name!r} is defined twice")
+        else:
+            self.rule_names.add(name)
+            where = f"{path}: rule {name!r}"
+
+        known = ("name", "when", "policy", *FIELDS)
+        self.unknown_keys(where, spec, known)
+        problems_before = len(self.problems)
+
+        when = self.condition(where, spec.get("when", {}))
+        sources = {
+            field: self.sources(f"{where}: {field}", spec[field])
+            for field in FIELDS
+            if field in spec
+        }
+        policies = self.policies(f"{where}: policy", spec.get("policy", {}))
+
+        if len(self.problems) > problems_before:
+            return None
+        return Rule(
+            name=name,
+            origin=str(path),
+            when=when,
+            sources=MappingProxyType(sources),
+            policies=MappingProxyType(policies),
+        )
+
+    def condition(self, where: str, spec: Any) -> Condition:
+        if not isinstance(spec, dict):
+            self.problem(f"{where}: when", f"expected a table, got {_show(spec)}")
+            return Condition()
+        self.unknown_keys(
+            f"{where}: when", spec, ("page", "host", "path", "partner", "header")
+        )
+
+        page = (
+            self.regex(f"{where}: when.page", spec["page"]) if "page" in spec else None
+        )
+        host = (
+            self.regex(f"{where}: when.host", spec["host"]) if "host" in spec else None
+        )
+
+        path = None
+        if "path" in spec:
+            path = self.string(f"{where}: when.path", spec["path"])
+            if path is not None and not path.startswith("/"):
+                self.problem(
+                    f"{where}: when.path",
+                    f"expected a path starting with '/', got {_show(path)}",
+                )
+
+        partners = None
+        if "partner" in spec:
+            raw = spec["partner"]
+            values = raw if isinstance(raw, list) else [raw]
+            if not values or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+            ):
+                self.problem(
+                    f"{where}: when.partner",
+                    f"expected a partner id or a list of them, got {_show(raw)}",
+                )
+            else:
+                partners = frozenset(str(v) for v in values)
+
+        headers: list[tuple[str, re.Pattern[str]]] = []
+        raw_headers = spec.get("header", {})
+        if not isinstance(raw_headers, dict):
+            self.problem(
+                f"{where}: when.header",
+                f"expected a table of header = regex, got {_show(raw_headers)}",
+            )
+        else:
+            for header, regex in raw_headers.items():
+                pattern = self.regex(f"{where}: when.header.{header}", regex)
+                if pattern is not None:
+                    headers.append((header, pattern))
+
+        return Condition(page, host, path, partners, tuple(headers))
+
+    def policies(self, where: str, spec: Any) -> dict[Field, Policy]:
+        if not isinstance(spec, dict):
+            self.problem(where, f"expected a table, got {_show(spec)}")
+            return {}
+        policies: dict[Field, Policy] = {}
+        for key, value in spec.items():
+            if key not in FIELDS:
+                self.problem(f"{where}.{key}", "unknown field")
+            elif value not in ("fill", "override"):
+                self.problem(
+                    f"{where}.{key}",
+                    f"expected 'fill' or 'override', got {_show(value)}",
+                )
+            else:
+                policies[Field(key)] = Policy(value)
+        return policies
+
+    def sources(self, where: str, spec: Any) -> tuple[Source, ...]:
+        if not isinstance(spec, list):
+            self.problem(where, f"expected a list of sources, got {_show(spec)}")
+            return ()
+        sources = []
+        for position, item in enumerate(spec, start=1):
+            source = self.source(f"{where}[{position}]", item)
+            if source is not None:
+                sources.append(source)
+        return tuple(sources)
+
+    def source(self, where: str, spec: Any) -> Source | None:
+        if not isinstance(spec, dict):
+            self.problem(
+                where, f"expected a table such as {{ value = ... }}, got {_show(spec)}"
+            )
+            return None
+        for key in _NETWORK_SOURCES:
+            if key in spec:
+                self.problem(
+                    f"{where}.{key}",
+                    f"{key!r} sources are not supported by this version of kstats-proxy",
+                )
+                return None
+        self.unknown_keys(where, spec, (*_READERS, *_MODIFIERS))
+
+        readers = [key for key in _READERS if key in spec]
+        if len(readers) != 1:
+            self.problem(
+                where,
+                f"expected exactly one of {', '.join(_READERS)}, got {readers or 'none'}",
+            )
+            return None
+        kind = readers[0]
+        read = self.reader(f"{where}.{kind}", kind, spec[kind])
+
+        pattern = None
+        if kind == "page":
+            pattern = self.regex(f"{where}.page", spec["page"])
+            if "pattern" in spec:
+                self.problem(
+                    f"{where}.pattern",
+                    "a page source is a regex already: put the group there",
+                )
+        elif "pattern" in spec:
+            pattern = self.regex(f"{where}.pattern", spec["pattern"])
+
+        decode = None
+        if "decode" in spec:
+            try:
+                decode = Decoding(spec["decode"])
+            except ValueError:
+                allowed = ", ".join(d.value for d in Decoding)
+                self.problem(
+                    f"{where}.decode",
+                    f"expected one of {allowed}, got {_show(spec['decode'])}",
+                )
+
+        table = None
+        if "table" in spec:
+            table = self.tables.get(spec["table"])
+            if table is None:
+                self.problem(f"{where}.table", f"no table named {_show(spec['table'])}")
+
+        if read is None or (kind == "page" and pattern is None):
+            return None
+        return LocalSource(kind, read, pattern, decode, table)
+
+    def reader(self, where: str, kind: str, value: Any) -> Reader | None:
+        if kind == "value":
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                self.problem(where, f"expected a string or integer, got {_show(value)}")
+                return None
+            return read_literal(str(value))
+        if kind == "page":
+            return read_page  # its regex becomes the source's pattern
+        if kind == "ks":
+            if value != "request":
+                self.problem(where, f"expected 'request', got {_show(value)}")
+                return None
+            return read_request_ks
+
+        name = self.string(where, value)
+        if name is None:
+            return None
+        if kind == "header":
+            return read_header(name)
+        if kind == "cookie":
+            return read_cookie(name)
+        return read_query(name)
+
+
+def rules_files(path: Path) -> list[Path]:
+    """The files a rules path names: itself, or its ``*.toml`` in name order."""
+    if path.is_dir():
+        return sorted(p for p in path.glob("*.toml") if p.is_file())
+    return [path]
+
+
+def load_rules(path: Path | str) -> RuleSet:
+    """Read and validate every rules file under ``path``.
+
+    Raises :class:`RulesError` with every problem found; nothing partial is
+    ever returned.
+    """
+    path = Path(path)
+    loader = _Loader()
+    if not path.exists():
+        raise RulesError([f"{path}: no such file or directory"])
+    files = rules_files(path)
+    if not files:
+        raise RulesError([f"{path}: no *.toml rules files in this directory"])
+
+    # tables and [kaltura] first: rules in any file may use them
+    documents = [(file, loader.read_document(file)) for file in files]
+    for file, document in documents:
+        if document is not None:
+            loader.check_top_level(file, document)
+            loader.load_tables(file, document)
+            loader.load_kaltura(file, document)
+
+    rules: list[Rule] = []
+    for file, document in documents:
+        if document is not None:
+            rules.extend(loader.load_rules(file, document))
+
+    if loader.problems:
+        raise RulesError(loader.problems)
+    return RuleSet(
+        rules=tuple(rules),
+        kaltura=loader.kaltura or KalturaSettings(),
+        tables=MappingProxyType(loader.tables),
+        files=tuple(str(file) for file in files),
+        digest=loader.digest.hexdigest()[:12],
+    )

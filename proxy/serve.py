@@ -1,0 +1,127 @@
+"""Running the proxy: listeners, signals and an orderly stop.
+
+:func:`run` loads the rules, opens the public and admin listeners and
+serves until SIGTERM or SIGINT. Stopping is phased: readiness turns 503,
+the public listener stops accepting, requests in flight are given the
+grace period to finish, then the upstream connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from proxy.admin import Readiness, make_admin_app
+from proxy.app import ProxyApp, ProxySettings
+from proxy.kaltura.ks import AdminSecrets
+from proxy.kaltura.session import KsReader
+from proxy.metrics import Metrics
+from proxy.rules.loader import load_rules
+
+logger = logging.getLogger("kstats.proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """Everything ``kstats-proxy serve`` was told."""
+
+    rules_path: str = "rules/"
+    listen: tuple[str, int] = ("0.0.0.0", 8080)
+    admin_listen: tuple[str, int] = ("0.0.0.0", 8081)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    admin_secrets: AdminSecrets = AdminSecrets.EMPTY
+    max_line_size: int = 16384
+    max_field_size: int = 16384
+    grace_period: float = 20.0
+
+
+@dataclass(slots=True)
+class RunningProxy:
+    """A started proxy; :meth:`stop` ends it in order."""
+
+    app: ProxyApp
+    readiness: Readiness
+    server: web.Server
+    listener: asyncio.Server
+    admin: web.AppRunner
+    ports: tuple[int, int]
+
+    async def stop(self, grace_period: float) -> None:
+        # turn readiness off and stop accepting new connections
+        self.readiness.draining = True
+        self.listener.close()
+
+        # let requests in flight finish, then close what is left
+        await self.server.shutdown(grace_period)
+        await self.listener.wait_closed()
+        await self.app.close()
+        await self.admin.cleanup()
+
+
+async def start(config: ServeConfig) -> RunningProxy:
+    """Load the rules and open both listeners; raises RulesError first."""
+    rules = load_rules(config.rules_path)
+
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    metrics = Metrics(registry)
+    metrics.set_rules(rules.digest)
+    readiness = Readiness()
+
+    app = ProxyApp(
+        config.proxy,
+        rules,
+        metrics=metrics,
+        ks_reader=KsReader(config.admin_secrets),
+    )
+    server = web.Server(
+        app.handle,
+        access_log=None,
+        # bodies pass through as they came, compressed or not
+        auto_decompress=False,
+        max_line_size=config.max_line_size,
+        max_field_size=config.max_field_size,
+    )
+    loop = asyncio.get_running_loop()
+    host, port = config.listen
+    listener = await loop.create_server(server, host, port, backlog=1024)
+
+    admin = web.AppRunner(make_admin_app(registry, readiness), access_log=None)
+    await admin.setup()
+    admin_site = web.TCPSite(admin, *config.admin_listen)
+    await admin_site.start()
+
+    public_port = listener.sockets[0].getsockname()[1]
+    admin_port = admin.addresses[0][1]
+    readiness.rules_loaded = True
+    logger.info(
+        "serving on %s:%s (admin %s:%s), %d rules from %s, upstream %s",
+        host,
+        public_port,
+        config.admin_listen[0],
+        admin_port,
+        len(rules.rules),
+        config.rules_path,
+        config.proxy.upstream_url,
+    )
+    return RunningProxy(
+        app, readiness, server, listener, admin, (public_port, admin_port)
+    )
+
+
+async def run(config: ServeConfig) -> None:
+    """Serve until SIGTERM or SIGINT, then stop in order."""
+    running = await start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    await stop.wait()
+    logger.info("stopping: draining for up to %.1f s", config.grace_period)
+    await running.stop(config.grace_period)

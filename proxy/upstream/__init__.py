@@ -1,0 +1,1 @@
+"""Step 5, forward: sending events upstream and streaming everything else."""

@@ -1,0 +1,764 @@
+"""A lean keep-alive HTTP/1.1 connection pool for the event path.
+
+Every statistics event the proxy accepts is forwarded to one configured
+origin: a small GET or POST out, a small answer back. aiohttp's general
+client spends about 300 us of CPU on each such exchange (request and
+response objects, multidicts, stream readers, tracing hooks), which is
+most of the proxy's budget per event. This module does the same job with
+an asyncio Protocol per connection, httptools' C response parser and a
+LIFO stack of idle connections, so that an exchange costs one
+``transport.write``, one future and a handful of parser callbacks.
+
+It deliberately does little: one origin, whole bodies in memory (bounded
+by ``max_response_bytes``), no redirects, no cookies, no decompression.
+Large pass-through traffic goes through aiohttp's client elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import logging
+import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal, NoReturn, Protocol, cast
+from urllib.parse import urlsplit
+
+import httptools
+
+__all__ = [
+    "Origin",
+    "PoolSettings",
+    "UpstreamError",
+    "UpstreamErrorReason",
+    "UpstreamPool",
+    "UpstreamResponse",
+]
+
+logger = logging.getLogger("kstats.upstream")
+
+UpstreamErrorReason = Literal["connect", "timeout", "reset", "protocol", "too_large"]
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+_HOSTNAME: Final = re.compile(r"[a-z0-9_.-]+")
+
+# request validation; the header-name verdicts are cached because the same
+# few dozen names arrive on every event
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_TARGET_CHAR: Final = re.compile(r"[\x00-\x20\x7f]")
+_KNOWN_METHODS: Final = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+)
+_BODY_METHODS: Final = frozenset(("POST", "PUT", "PATCH"))
+_KEEP, _DROP, _HOST = 0, 1, 2
+_POOL_WRITTEN: Final = frozenset(("content-length", "transfer-encoding", "connection"))
+_NAME_KINDS: dict[str, int] = {}
+_NAME_KINDS_MAX: Final = 1024
+
+# a response head (status line and headers) larger than this is refused
+_MAX_HEAD_BYTES: Final = 64 * 1024
+
+
+class _ResponseParser(Protocol):
+    """The part of ``httptools.HttpResponseParser`` this module uses."""
+
+    def feed_data(self, data: bytes) -> None: ...
+    def get_status_code(self) -> int: ...
+    def get_http_version(self) -> str: ...
+    def should_keep_alive(self) -> bool: ...
+
+
+_PARSER_ERRORS: Final[tuple[type[Exception], ...]] = (
+    httptools.HttpParserError,
+    httptools.HttpParserUpgrade,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where events go: a scheme, a host and a port, nothing else.
+
+    ``host`` is a DNS name or an IP address (IPv6 without brackets); the
+    constructor refuses anything else, so ``host_header`` is always safe
+    to write on the wire.
+    """
+
+    scheme: str
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if self.scheme not in _DEFAULT_PORTS:
+            raise ValueError(f"origin scheme is not http(s): {self.scheme!r}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"origin port out of range: {self.port!r}")
+        if ":" in self.host:
+            try:
+                ipaddress.IPv6Address(self.host)
+            except ValueError:
+                raise ValueError(f"invalid origin host: {self.host!r}") from None
+        elif not _HOSTNAME.fullmatch(self.host):
+            raise ValueError(f"invalid origin host: {self.host!r}")
+
+    @classmethod
+    def from_url(cls, url: str) -> Origin:
+        """Parse ``http(s)://host[:port][/]``; anything else: ValueError."""
+        problem = f"upstream origin {url!r} is not http(s)://host[:port][/]"
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise ValueError(problem) from None
+        host = parts.hostname
+        if (
+            parts.scheme not in _DEFAULT_PORTS
+            or not host
+            or "@" in parts.netloc
+            or parts.netloc.endswith(":")
+            or parts.path not in ("", "/")
+            or "?" in url
+            or "#" in url
+        ):
+            raise ValueError(problem)
+        if port is None:
+            port = _DEFAULT_PORTS[parts.scheme]
+        try:
+            return cls(parts.scheme, host, port)
+        except ValueError:
+            raise ValueError(problem) from None
+
+    @property
+    def host_header(self) -> str:
+        """The Host header value, with the port only if not the default."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.port == _DEFAULT_PORTS[self.scheme]:
+            return host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """Limits of one pool; times are in seconds.
+
+    ``max_connections`` caps open connections, idle ones included; callers
+    beyond it wait for a free slot, and the wait counts against
+    ``total_timeout``, which bounds a whole request from that wait to the
+    last body byte. ``max_response_bytes`` bounds the body; the response
+    head is bounded separately at 64 KiB.
+    """
+
+    max_connections: int = 256
+    max_idle: int = 64
+    idle_timeout: float = 30.0
+    connect_timeout: float = 3.0
+    total_timeout: float = 10.0
+    max_response_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1: {self.max_connections}")
+        if self.max_idle < 0:
+            raise ValueError(f"max_idle must be >= 0: {self.max_idle}")
+        if self.max_response_bytes < 0:
+            raise ValueError(
+                f"max_response_bytes must be >= 0: {self.max_response_bytes}"
+            )
+        for name in ("idle_timeout", "connect_timeout", "total_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0: {getattr(self, name)}")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    """A complete upstream answer.
+
+    ``headers`` keep wire order and case, repeated ones included (every
+    Set-Cookie), decoded as UTF-8 with surrogateescape, as aiohttp's server
+    decodes them, so relaying them through aiohttp keeps their bytes.
+    ``body`` is de-chunked but never decompressed.
+    """
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+_DEFAULT_SETTINGS: Final = PoolSettings()
+
+
+class UpstreamError(Exception):
+    """A request that got no usable answer from the origin.
+
+    ``reason`` is one of a bounded set, fit for a metrics label:
+
+    - ``connect``: the connection could not be opened (refused, DNS, TLS),
+      or the pool is closed;
+    - ``timeout``: connect_timeout or total_timeout ran out;
+    - ``reset``: the connection was reset or closed before the answer
+      was complete;
+    - ``protocol``: the answer was not valid HTTP/1.x;
+    - ``too_large``: the answer was over the pool's limits.
+
+    The message names the origin and the cause.
+    """
+
+    reason: UpstreamErrorReason
+
+    def __init__(self, reason: UpstreamErrorReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Abort(Exception):
+    """Raised inside a parser callback to stop parsing after a failure."""
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection, carrying one exchange at a time.
+
+    ``send`` writes a request and returns a future resolved with the
+    response or failed with an UpstreamError; the connection never raises
+    from its callbacks. After the future resolves, ``reusable`` says
+    whether another exchange may follow on this connection.
+    """
+
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_chunked",
+        "_connection",
+        "_declared",
+        "_head_bytes",
+        "_head_done",
+        "_headers",
+        "_is_head",
+        "_loop",
+        "_parser",
+        "_pool",
+        "_reason",
+        "_renew_parser",
+        "_status",
+        "_transport",
+        "_waiter",
+        "idle",
+        "idle_since",
+        "lost",
+        "reusable",
+        "started",
+    )
+
+    def __init__(self, pool: UpstreamPool, loop: asyncio.AbstractEventLoop) -> None:
+        self._pool = pool
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._parser: _ResponseParser = httptools.HttpResponseParser(self)
+        self._renew_parser = False
+        self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._is_head = False
+        self._head_done = False
+        self._head_bytes = 0
+        self._status = 0
+        self._reason = b""
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._declared = -1
+        self._chunked = False
+        self._connection = b""
+        self.reusable = True
+        self.started = False
+        self.idle = False
+        self.idle_since = 0.0
+        self.lost: asyncio.Future[None] = loop.create_future()
+
+    # exchange
+
+    def send(self, data: bytes, is_head: bool) -> asyncio.Future[UpstreamResponse]:
+        waiter: asyncio.Future[UpstreamResponse] = self._loop.create_future()
+        self._waiter = waiter
+        self._is_head = is_head
+        self._head_done = False
+        self._head_bytes = 0
+        self.started = False
+
+        # a HEAD answer left the parser waiting for a body that never comes
+        if self._renew_parser:
+            self._parser = httptools.HttpResponseParser(self)
+            self._renew_parser = False
+
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._fail("reset", "connection closed before the request")
+        else:
+            transport.write(data)
+        return waiter
+
+    def drop(self) -> None:
+        """Close the connection for good, abandoning any exchange."""
+        self._waiter = None
+        self.reusable = False
+        if self._transport is not None:
+            self._transport.abort()
+        self._pool._forget(self)
+
+    def _fail(self, reason: UpstreamErrorReason, cause: str) -> None:
+        waiter = self._waiter
+        self._waiter = None
+        self.reusable = False
+        if waiter is not None and not waiter.done():
+            message = f"upstream {self._pool._label}: {cause}"
+            waiter.set_exception(UpstreamError(reason, message))
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _finish(self, keep_alive: bool) -> None:
+        waiter = self._waiter
+        self._waiter = None
+        self.reusable = keep_alive
+        if waiter is not None and not waiter.done():
+            reason = self._reason.decode("utf-8", "surrogateescape")
+            body = b"".join(self._body)
+            response = UpstreamResponse(
+                self._status, reason, tuple(self._headers), body
+            )
+            waiter.set_result(response)
+
+    def _head_keep_alive(self) -> bool:
+        # the parser judges persistence at message end, which a HEAD
+        # answer never reaches, so judge it here from version and header
+        if b"close" in self._connection:
+            return False
+        if self._parser.get_http_version() == "1.0":
+            return b"keep-alive" in self._connection
+        return True
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        # bytes nobody asked for: the connection is out of step
+        if self._waiter is None:
+            self.reusable = False
+            if self._transport is not None:
+                self._transport.abort()
+            return
+
+        self.started = True
+        try:
+            self._parser.feed_data(data)
+        except _PARSER_ERRORS as exc:
+            if self._waiter is not None:
+                self._fail("protocol", f"malformed response: {exc}")
+            else:
+                self.reusable = False
+                if self._transport is not None:
+                    self._transport.abort()
+            return
+
+        if not self._head_done and self._waiter is not None:
+            self._head_bytes += len(data)
+            if self._head_bytes > _MAX_HEAD_BYTES:
+                cause = f"response head over {_MAX_HEAD_BYTES} bytes"
+                self._fail("too_large", cause)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self.reusable = False
+        if self._waiter is not None:
+            # a body framed by neither length nor chunks ends at EOF
+            framed = self._declared >= 0 or self._chunked
+            if exc is None and self._head_done and not framed:
+                self._finish(False)
+            else:
+                where = "mid-response" if self.started else "before any response"
+                cause = f": {exc}" if exc is not None else ""
+                self._fail("reset", f"connection closed {where}{cause}")
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self._pool._forget(self)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        # a second message after the answer: never reuse this connection
+        if self._waiter is None:
+            self.reusable = False
+            return
+        self._reason = b""
+        self._headers = []
+        self._body = []
+        self._body_size = 0
+        self._declared = -1
+        self._chunked = False
+        self._connection = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._waiter is None:
+            return
+        self._headers.append(
+            (
+                name.decode("utf-8", "surrogateescape"),
+                value.decode("utf-8", "surrogateescape"),
+            )
+        )
+
+        # remember what framing and persistence depend on
+        size = len(name)
+        if size == 14 and name.lower() == b"content-length":
+            self._declared = int(value) if value.strip().isdigit() else 0
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            self._chunked = value.rstrip().lower().endswith(b"chunked")
+        elif size == 10 and name.lower() == b"connection":
+            self._connection = value.lower()
+
+    def on_headers_complete(self) -> None:
+        if self._waiter is None:
+            return
+        status = self._parser.get_status_code()
+        if status < 200:
+            return
+        self._status = status
+        self._head_done = True
+
+        if self._is_head:
+            self._renew_parser = True
+            self._finish(self._head_keep_alive())
+            return
+
+        # refuse a declared oversize body before reading any of it
+        limit = self._pool._max_body
+        if self._declared > limit and status != 204 and status != 304:
+            self._fail("too_large", f"declared body of {self._declared} bytes")
+            raise _Abort
+
+    def on_body(self, body: bytes) -> None:
+        if self._waiter is None:
+            self.reusable = False
+            return
+        self._body_size += len(body)
+        if self._body_size > self._pool._max_body:
+            limit = self._pool._max_body
+            self._fail("too_large", f"response body over {limit} bytes")
+            raise _Abort
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        # interim 1xx answers end here too; the final answer follows
+        if self._waiter is None or not self._head_done:
+            return
+        self._finish(self._parser.should_keep_alive())
+
+
+class UpstreamPool:
+    """Keep-alive HTTP/1.1 connections to one origin, and requests over them.
+
+    ``request`` sends one request and returns the complete response, or
+    raises UpstreamError (network or upstream trouble) or ValueError (a
+    request that cannot be written safely: a method that is not a token, a
+    target with spaces or control characters, a header name that is not a
+    token, a header value with CR, LF or NUL). ValueError is raised before
+    any connection is touched.
+
+    The request is written as given: the method, the target and each
+    header verbatim, in order. The pool writes the framing itself: it
+    drops caller Content-Length, Transfer-Encoding and Connection headers
+    (the last is hop-by-hop; the pool never asks the origin to close),
+    adds Content-Length when there is a body or the method is POST, PUT or
+    PATCH, and adds Host only when the caller gave none.
+
+    Idle connections are reused newest first. A request that fails on a
+    reused connection with EOF or reset before any response byte is sent
+    again, once, on a fresh connection; nothing else is retried.
+
+    ``close`` closes every connection; requests in flight and later ones
+    fail with reason "connect". Idle connections past ``idle_timeout`` are
+    closed by a timer, no task involved.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_connect_timeout",
+        "_conns",
+        "_host_line",
+        "_idle",
+        "_idle_timeout",
+        "_label",
+        "_max_body",
+        "_max_idle",
+        "_origin",
+        "_server_hostname",
+        "_slots",
+        "_ssl",
+        "_sweeper",
+        "_total_timeout",
+    )
+
+    def __init__(
+        self,
+        origin: Origin,
+        settings: PoolSettings = _DEFAULT_SETTINGS,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._origin = origin
+        self._label = f"{origin.scheme}://{origin.host_header}"
+        self._host_line = f"Host: {origin.host_header}\r\n"
+        self._max_idle = settings.max_idle
+        self._idle_timeout = settings.idle_timeout
+        self._connect_timeout = settings.connect_timeout
+        self._total_timeout = settings.total_timeout
+        self._max_body = settings.max_response_bytes
+        self._ssl: ssl.SSLContext | None = None
+        self._server_hostname: str | None = None
+        if origin.scheme == "https":
+            self._ssl = ssl_context or ssl.create_default_context()
+            self._server_hostname = origin.host
+        self._slots = asyncio.Semaphore(settings.max_connections)
+        self._idle: collections.deque[_Connection] = collections.deque()
+        self._conns: set[_Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, idle or in use."""
+        return len(self._conns)
+
+    @property
+    def idle_connections(self) -> int:
+        """Open connections waiting for a request."""
+        return len(self._idle)
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes = b"",
+    ) -> UpstreamResponse:
+        """Send one request and return the complete response."""
+        data = self._encode(method, target, headers, body)
+        try:
+            async with asyncio.timeout(self._total_timeout), self._slots:
+                response = await self._exchange(data, method == "HEAD")
+        except TimeoutError:
+            cause = f"no complete response within {self._total_timeout:g} s"
+            raise self._error("timeout", cause) from None
+        return response
+
+    async def close(self) -> None:
+        """Close every connection; later requests fail with "connect"."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._idle.clear()
+        conns = list(self._conns)
+        for conn in conns:
+            conn.idle = False
+            conn._fail("connect", "pool closed")
+        if conns:
+            await asyncio.wait([conn.lost for conn in conns], timeout=1.0)
+
+    def _error(self, reason: UpstreamErrorReason, cause: str) -> UpstreamError:
+        return UpstreamError(reason, f"upstream {self._label}: {cause}")
+
+    # one exchange
+
+    async def _exchange(self, data: bytes, is_head: bool) -> UpstreamResponse:
+        if self._closed:
+            raise self._error("connect", "pool closed")
+        conn = self._checkout()
+        if conn is None:
+            return await self._round_trip(await self._connect(), data, is_head)
+
+        try:
+            return await self._round_trip(conn, data, is_head)
+        except UpstreamError as exc:
+            if exc.reason != "reset" or conn.started:
+                raise
+
+        # the origin closed the idle connection as we reused it
+        logger.debug("stale connection to %s, retrying once", self._label)
+        return await self._round_trip(await self._connect(), data, is_head)
+
+    async def _round_trip(
+        self, conn: _Connection, data: bytes, is_head: bool
+    ) -> UpstreamResponse:
+        try:
+            response = await conn.send(data, is_head)
+        except BaseException:
+            conn.drop()
+            raise
+        self._release(conn)
+        return response
+
+    async def _connect(self) -> _Connection:
+        if self._closed:
+            raise self._error("connect", "pool closed")
+        loop = asyncio.get_running_loop()
+        origin = self._origin
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self, loop),
+                    origin.host,
+                    origin.port,
+                    ssl=self._ssl,
+                    server_hostname=self._server_hostname,
+                )
+        except TimeoutError:
+            cause = f"connect not done within {self._connect_timeout:g} s"
+            raise self._error("timeout", cause) from None
+        except OSError as exc:
+            raise self._error("connect", f"cannot connect: {exc}") from exc
+
+        # close() may have run while the connection was being opened
+        if self._closed:
+            conn.drop()
+            raise self._error("connect", "pool closed")
+
+        # an origin that hung up at once leaves a dead connection, which
+        # fails its exchange with "reset" and must not be counted as open
+        if not conn.lost.done():
+            self._conns.add(conn)
+        logger.debug("connection %d open to %s", len(self._conns), self._label)
+        return conn
+
+    # idle stack
+
+    def _checkout(self) -> _Connection | None:
+        idle = self._idle
+        if not idle:
+            return None
+        now = idle[-1]._loop.time()
+        while idle:
+            conn = idle.pop()
+            conn.idle = False
+
+            # the top is the newest: if it is too old, so is everything below
+            if now - conn.idle_since > self._idle_timeout:
+                conn.drop()
+                while idle:
+                    old = idle.pop()
+                    old.idle = False
+                    old.drop()
+                return None
+            if conn.reusable:
+                return conn
+            conn.drop()
+        return None
+
+    def _release(self, conn: _Connection) -> None:
+        idle = self._idle
+        if self._closed or not conn.reusable or len(idle) >= self._max_idle:
+            conn.drop()
+            return
+        conn.idle = True
+        conn.idle_since = conn._loop.time()
+        idle.append(conn)
+        if self._sweeper is None:
+            self._schedule_sweep(conn._loop)
+
+    def _schedule_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        when = self._idle[0].idle_since + self._idle_timeout
+        self._sweeper = loop.call_at(when, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweeper = None
+        idle = self._idle
+        deadline = loop.time() - self._idle_timeout
+        while idle and idle[0].idle_since <= deadline:
+            conn = idle.popleft()
+            conn.idle = False
+            conn.drop()
+        if idle:
+            self._schedule_sweep(loop)
+
+    def _forget(self, conn: _Connection) -> None:
+        self._conns.discard(conn)
+        if conn.idle:
+            conn.idle = False
+            self._idle.remove(conn)
+
+    # request encoding
+
+    def _encode(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+    ) -> bytes:
+        if method not in _KNOWN_METHODS and not _TOKEN.fullmatch(method):
+            raise ValueError(f"invalid HTTP method: {method!r}")
+        if not _valid_target(target):
+            raise ValueError(f"invalid request target: {target!r}")
+
+        parts = [method, " ", target, " HTTP/1.1\r\n"]
+        has_host = False
+        for name, value in headers:
+            kind = _NAME_KINDS.get(name)
+            if kind is None:
+                kind = _classify(name)
+            if kind == _DROP:
+                if "\r" in value or "\n" in value:
+                    _reject_header_values(headers)
+                continue
+            if kind == _HOST:
+                has_host = True
+            parts.append(f"{name}: {value}\r\n")
+        if not has_host:
+            parts.insert(4, self._host_line)
+        if body or method in _BODY_METHODS:
+            parts.append(f"Content-Length: {len(body)}\r\n")
+        parts.append("\r\n")
+        text = "".join(parts)
+
+        # every part after the request line ends in the only CRLF allowed;
+        # any other CR, LF or NUL came from a header value
+        lines = len(parts) - 3
+        stray = text.count("\n") != lines or text.count("\r") != lines
+        if stray or "\x00" in text:
+            _reject_header_values(headers)
+        head = text.encode("utf-8", "surrogateescape")
+        return head + body if body else head
+
+
+def _valid_target(target: str) -> bool:
+    if not target.startswith("/") and target != "*":
+        return False
+    if target.isascii():
+        return target.isprintable() and " " not in target
+    return _BAD_TARGET_CHAR.search(target) is None
+
+
+def _classify(name: str) -> int:
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"invalid header name: {name!r}")
+    lower = name.lower()
+    if lower in _POOL_WRITTEN:
+        kind = _DROP
+    elif lower == "host":
+        kind = _HOST
+    else:
+        kind = _KEEP
+    if len(_NAME_KINDS) < _NAME_KINDS_MAX:
+        _NAME_KINDS[name] = kind
+    return kind
+
+
+def _reject_header_values(headers: Sequence[tuple[str, str]]) -> NoReturn:
+    for name, value in headers:
+        if "\r" in value or "\n" in value or "\x00" in value:
+            raise ValueError(f"header {name!r} has CR, LF or NUL in its value")
+    raise AssertionError("stray CR or LF in the request head")

@@ -1,0 +1,151 @@
+"""Pass-through: everything that is not a player event, streamed both ways.
+
+Player files, thumbnails, media downloads and other API calls go through
+aiohttp's client on a pooled keep-alive connector. Bodies are streamed in
+chunks in both directions, so memory stays flat whatever their size;
+compressed bodies are relayed as they are (no decompression), redirects
+are relayed, not followed, and every repeated header (``Set-Cookie``)
+reaches the player.
+
+Serves step 5 (forward).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from proxy.headers import response_headers
+
+logger = logging.getLogger("kstats.upstream")
+
+CHUNK_SIZE: Final = 64 * 1024
+
+
+class StreamFailure(Exception):
+    """The upstream could not be reached or did not answer in time.
+
+    ``reason`` is a bounded label: ``connect``, ``timeout`` or ``reset``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+async def _body_chunks(prefix: bytes, request: web.BaseRequest) -> AsyncIterator[bytes]:
+    if prefix:
+        yield prefix
+    async for chunk in request.content.iter_any():
+        yield chunk
+
+
+class StreamingForwarder:
+    """Relays one request and its answer without holding either whole."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 30.0,
+        max_connections: int = 256,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, ttl_dns_cache=300
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=False,
+                # send only the headers the player sent, not aiohttp's own
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    async def forward(
+        self,
+        request: web.BaseRequest,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        *,
+        body_prefix: bytes = b"",
+        body_complete: bool = False,
+    ) -> web.StreamResponse:
+        """Send ``request`` to ``target`` upstream and stream the answer back.
+
+        ``body_prefix`` is what the proxy already read of the body; unless
+        ``body_complete``, the rest still comes from the client's stream.
+        """
+        data: bytes | AsyncIterator[bytes] | None = None
+        if body_complete:
+            data = body_prefix
+        elif request.body_exists:
+            data = _body_chunks(body_prefix, request)
+
+        # yarl would re-quote the target: hand it over encoded as it came
+        url = URL(self._base_url + target, encoded=True)
+        try:
+            upstream = await self._client().request(
+                request.method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                compress=None,
+            )
+        except TimeoutError as error:
+            raise StreamFailure(
+                "timeout", f"upstream {self._base_url}: {error!r}"
+            ) from error
+        except aiohttp.ClientConnectionError as error:
+            raise StreamFailure(
+                "connect", f"upstream {self._base_url}: {error}"
+            ) from error
+
+        async with upstream:
+            raw_headers = [
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in upstream.raw_headers
+            ]
+            response = web.StreamResponse(
+                status=upstream.status,
+                reason=upstream.reason,
+                headers=response_headers(raw_headers, keep_length=True),
+            )
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_chunked(CHUNK_SIZE):
+                    await response.write(chunk)
+            except (TimeoutError, aiohttp.ClientError) as error:
+                # the status line is out already: cut the player's connection
+                logger.warning(
+                    "upstream broke off a streamed answer for %s: %r",
+                    request.method,
+                    error,
+                )
+                raise StreamFailure(
+                    "reset", f"upstream {self._base_url}: {error!r}"
+                ) from error
+            await response.write_eof()
+        return response
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
