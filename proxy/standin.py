@@ -80,7 +80,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def request_params(path: str, query: str, content_type: str, body: bytes) -> dict[str, Any]:
+def request_params(
+    path: str, query: str, content_type: str, body: bytes
+) -> dict[str, Any]:
     """The parameters of a call as Kaltura's server reads them."""
     body_params: dict[str, Any] = {}
     if content_type.lower() == "application/json":
@@ -116,7 +118,9 @@ class StandIn:
             return self._collect(params)
         if service == "analytics" and action == "trackevent":
             return {"time": int(time.time()), "viewEventsEnabled": True}
-        raise ApiError("SERVICE_FORBIDDEN", f"the stand-in does not serve {service}.{action}")
+        raise ApiError(
+            "SERVICE_FORBIDDEN", f"the stand-in does not serve {service}.{action}"
+        )
 
     def _collect(self, params: dict[str, Any]) -> bool:
         ks = params.get("ks")
@@ -124,13 +128,13 @@ class StandIn:
             session = parse_ks(str(ks), self.secrets)
             signed = session is not None and (session.verified or not self.secrets)
             if session is None or not signed:
-                raise ApiError("INVALID_KS", f"Invalid KS \"{ks}\"")
+                raise ApiError("INVALID_KS", f'Invalid KS "{ks}"')
         event = params.get("event")
         event_type = str(event.get("eventType", "")) if isinstance(event, dict) else ""
         if not event_type.isdigit() or not 1 <= int(event_type) <= 40:
             raise ApiError(
                 "INVALID_ENUM_VALUE",
-                f"Invalid enumeration value \"{event_type}\" for KalturaStatsEventType",
+                f'Invalid enumeration value "{event_type}" for KalturaStatsEventType',
             )
         return True
 
@@ -179,7 +183,9 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def render_answer(result: Any, params: dict[str, Any], callback: str | None) -> web.Response:
+def render_answer(
+    result: Any, params: dict[str, Any], callback: str | None
+) -> web.Response:
     """``result`` in the format the call asked for."""
     headers = {"Access-Control-Allow-Origin": "*"}
     fmt = str(params.get("format", "2"))

@@ -43,7 +43,7 @@ logger = logging.getLogger("kstats.upstream")
 UpstreamErrorReason = Literal["connect", "timeout", "reset", "protocol", "too_large"]
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-_HOSTNAME: Final = re.compile(r"[a-z0-9_.-]+")
+_HOSTNAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 
 # request validation; the header-name verdicts are cached because the same
 # few dozen names arrive on every event
@@ -53,6 +53,8 @@ _KNOWN_METHODS: Final = frozenset(
     ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 )
 _BODY_METHODS: Final = frozenset(("POST", "PUT", "PATCH"))
+# what the pool does with a caller's header: write it, drop it (the pool
+# writes its own framing) or write it as the Host
 _KEEP, _DROP, _HOST = 0, 1, 2
 _POOL_WRITTEN: Final = frozenset(("content-length", "transfer-encoding", "connection"))
 _NAME_KINDS: dict[str, int] = {}
@@ -176,9 +178,10 @@ class UpstreamResponse:
     """A complete upstream answer.
 
     ``headers`` keep wire order and case, repeated ones included (every
-    Set-Cookie), decoded as UTF-8 with surrogateescape, as aiohttp's server
-    decodes them, so relaying them through aiohttp keeps their bytes.
-    ``body`` is de-chunked but never decompressed.
+    Set-Cookie). Names and values are decoded as UTF-8 with
+    surrogateescape, the way aiohttp's server decodes request headers, so
+    encoding them back the same way gives the bytes on the wire. ``body``
+    is de-chunked but never decompressed.
     """
 
     status: int
@@ -221,9 +224,10 @@ class _Connection(asyncio.Protocol):
     """One upstream connection, carrying one exchange at a time.
 
     ``send`` writes a request and returns a future resolved with the
-    response or failed with an UpstreamError; the connection never raises
-    from its callbacks. After the future resolves, ``reusable`` says
-    whether another exchange may follow on this connection.
+    response or failed with an UpstreamError; no failure escapes the
+    protocol callbacks. Once the future is done, ``reusable`` says whether
+    another exchange may follow, and ``started`` whether any response
+    byte arrived.
     """
 
     __slots__ = (
@@ -235,6 +239,7 @@ class _Connection(asyncio.Protocol):
         "_head_bytes",
         "_head_done",
         "_headers",
+        "_headers_size",
         "_is_head",
         "_loop",
         "_parser",
@@ -264,6 +269,7 @@ class _Connection(asyncio.Protocol):
         self._status = 0
         self._reason = b""
         self._headers: list[tuple[str, str]] = []
+        self._headers_size = 0
         self._body: list[bytes] = []
         self._body_size = 0
         self._declared = -1
@@ -361,6 +367,7 @@ class _Connection(asyncio.Protocol):
                     self._transport.abort()
             return
 
+        # a head still incomplete: bound it before it has any headers
         if not self._head_done and self._waiter is not None:
             self._head_bytes += len(data)
             if self._head_bytes > _MAX_HEAD_BYTES:
@@ -392,6 +399,7 @@ class _Connection(asyncio.Protocol):
             return
         self._reason = b""
         self._headers = []
+        self._headers_size = 0
         self._body = []
         self._body_size = 0
         self._declared = -1
@@ -404,6 +412,10 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._waiter is None:
             return
+        self._headers_size += len(name) + len(value) + 4
+        if self._headers_size > _MAX_HEAD_BYTES:
+            self._fail("too_large", f"response head over {_MAX_HEAD_BYTES} bytes")
+            raise _Abort
         self._headers.append(
             (
                 name.decode("utf-8", "surrogateescape"),

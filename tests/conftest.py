@@ -1,0 +1,71 @@
+"""Shared test parts: a stand-in Kaltura and a running proxy.
+
+Everything runs on 127.0.0.1 with ports the kernel picks. The proxy is the
+real assembly (:func:`proxy.serve.start`), talking to a real HTTP server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from support import RULES
+
+from proxy.app import ProxySettings
+from proxy.serve import RunningProxy, ServeConfig, start
+from proxy.standin import StandIn, make_standin_app
+
+
+@dataclass
+class Upstream:
+    """A running stand-in Kaltura endpoint."""
+
+    standin: StandIn
+    url: str
+
+
+@pytest.fixture(name="upstream")
+async def _upstream() -> AsyncIterator[Upstream]:
+    standin = StandIn()
+    runner = web.AppRunner(make_standin_app(standin), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield Upstream(standin, f"http://127.0.0.1:{port}")
+    await runner.cleanup()
+
+
+ProxyFactory = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture(name="start_proxy")
+async def _start_proxy() -> AsyncIterator[ProxyFactory]:
+    """Start proxies with ``start_proxy(upstream_url, rules=..., **settings)``."""
+    started: list[RunningProxy] = []
+
+    async def factory(
+        upstream_url: str,
+        *,
+        rules: Path | str = RULES,
+        admin_secrets: Any = None,
+        **settings: Any,
+    ) -> RunningProxy:
+        config = ServeConfig(
+            rules_path=str(rules),
+            listen=("127.0.0.1", 0),
+            admin_listen=("127.0.0.1", 0),
+            proxy=ProxySettings(upstream_url=upstream_url, **settings),
+            **({"admin_secrets": admin_secrets} if admin_secrets else {}),
+        )
+        running = await start(config)
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        await running.stop(1.0)
