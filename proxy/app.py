@@ -209,6 +209,10 @@ class ProxyApp:
         started = time.perf_counter()
         try:
             answer = await self._pool.request(request.method, target, headers, body)
+        except ValueError as error:
+            # a request the pool refuses to write (control bytes in it)
+            logger.info("refused to forward a %s request: %s", kind, error)
+            return self._reject("bad_request", 400, "invalid request\n")
         except UpstreamError as error:
             # TODO: events are lost here while the upstream is down; a
             # durable spool that answers the player and replays later

@@ -266,14 +266,18 @@ def recognise(
 
     if service == "stats" and action == "collect":
         recognised.kind = RequestKind.STATS
-        recognised.events.append(_stats_event(query, form, json, index=None))
+        events = [_stats_event(query, form, json, index=None)]
     elif service == "analytics" and action == "trackevent":
         recognised.kind = RequestKind.KAVA
-        recognised.events.append(_kava_event(query, form, json))
+        events = [_kava_event(query, form, json)]
     elif service == "multirequest":
         recognised.kind = RequestKind.MULTIREQUEST
-        recognised.events.extend(
-            _stats_event(query, form, json, index=index)
-            for index in _sub_request_indices(query, form, json)
-        )
+        indices = _sub_request_indices(query, form, json)
+        events = [_stats_event(query, form, json, index=i) for i in indices]
+    else:
+        events = []
+
+    # a body that cannot be read is Kaltura's to judge: it goes as it came
+    if body_kind is not BodyKind.OPAQUE:
+        recognised.events = events
     return recognised

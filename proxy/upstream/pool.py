@@ -40,7 +40,13 @@ __all__ = [
 
 logger = logging.getLogger("kstats.upstream")
 
-UpstreamErrorReason = Literal["connect", "timeout", "reset", "protocol", "too_large"]
+UpstreamErrorReason = Literal[
+    "connect",
+    "timeout",
+    "reset",
+    "protocol",
+    "too_large",
+]
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _HOSTNAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
@@ -56,12 +62,21 @@ _BODY_METHODS: Final = frozenset(("POST", "PUT", "PATCH"))
 # what the pool does with a caller's header: write it, drop it (the pool
 # writes its own framing) or write it as the Host
 _KEEP, _DROP, _HOST = 0, 1, 2
-_POOL_WRITTEN: Final = frozenset(("content-length", "transfer-encoding", "connection"))
+_POOL_WRITTEN: Final = frozenset(
+    ("content-length", "transfer-encoding", "connection"),
+)
 _NAME_KINDS: dict[str, int] = {}
 _NAME_KINDS_MAX: Final = 1024
 
+_SETTING_MINIMUMS: Final = (
+    ("max_connections", 1),
+    ("max_idle", 0),
+    ("max_response_bytes", 0),
+)
+
 # a response head (status line and headers) larger than this is refused
 _MAX_HEAD_BYTES: Final = 64 * 1024
+_HEAD_TOO_LARGE: Final = f"response head over {_MAX_HEAD_BYTES} bytes"
 
 
 class _ResponseParser(Protocol):
@@ -160,17 +175,14 @@ class PoolSettings:
     max_response_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
-        if self.max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1: {self.max_connections}")
-        if self.max_idle < 0:
-            raise ValueError(f"max_idle must be >= 0: {self.max_idle}")
-        if self.max_response_bytes < 0:
-            raise ValueError(
-                f"max_response_bytes must be >= 0: {self.max_response_bytes}"
-            )
+        for name, least in _SETTING_MINIMUMS:
+            value = getattr(self, name)
+            if value < least:
+                raise ValueError(f"{name} must be >= {least}: {value}")
         for name in ("idle_timeout", "connect_timeout", "total_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0: {getattr(self, name)}")
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0: {value}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,8 +383,7 @@ class _Connection(asyncio.Protocol):
         if not self._head_done and self._waiter is not None:
             self._head_bytes += len(data)
             if self._head_bytes > _MAX_HEAD_BYTES:
-                cause = f"response head over {_MAX_HEAD_BYTES} bytes"
-                self._fail("too_large", cause)
+                self._fail("too_large", _HEAD_TOO_LARGE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -383,9 +394,9 @@ class _Connection(asyncio.Protocol):
             if exc is None and self._head_done and not framed:
                 self._finish(False)
             else:
-                where = "mid-response" if self.started else "before any response"
-                cause = f": {exc}" if exc is not None else ""
-                self._fail("reset", f"connection closed {where}{cause}")
+                where = "mid-response" if self.started else "before a response"
+                detail = f": {exc}" if exc is not None else ""
+                self._fail("reset", f"connection closed {where}{detail}")
         if not self.lost.done():
             self.lost.set_result(None)
         self._pool._forget(self)
@@ -414,7 +425,7 @@ class _Connection(asyncio.Protocol):
             return
         self._headers_size += len(name) + len(value) + 4
         if self._headers_size > _MAX_HEAD_BYTES:
-            self._fail("too_large", f"response head over {_MAX_HEAD_BYTES} bytes")
+            self._fail("too_large", _HEAD_TOO_LARGE)
             raise _Abort
         self._headers.append(
             (
@@ -723,7 +734,8 @@ class UpstreamPool:
             if kind is None:
                 kind = _classify(name)
             if kind == _DROP:
-                if "\r" in value or "\n" in value:
+                # dropped, but a caller that sends CR or LF is still refused
+                if "\r" in value or "\n" in value or "\x00" in value:
                     _reject_header_values(headers)
                 continue
             if kind == _HOST:

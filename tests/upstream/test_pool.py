@@ -50,7 +50,9 @@ def limits(**changes: Any) -> PoolSettings:
 
 
 MakePool = Callable[..., UpstreamPool]
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Reader = asyncio.StreamReader
+Writer = asyncio.StreamWriter
+Handler = Callable[[Reader, Writer], Awaitable[None]]
 
 
 @pytest.fixture
@@ -101,7 +103,7 @@ class RawServer:
         self.max_open = 0
         self.port = 0
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._writers: set[Writer] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def __aenter__(self) -> RawServer:
@@ -118,9 +120,7 @@ class RawServer:
             await asyncio.wait(self._tasks, timeout=2.0)
         await self._server.wait_closed()
 
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _serve(self, reader: Reader, writer: Writer) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -139,7 +139,7 @@ class RawServer:
             self._tasks.discard(task)
 
 
-async def read_request(reader: asyncio.StreamReader) -> bytes | None:
+async def read_request(reader: Reader) -> bytes | None:
     """One request, head and body; None at a clean EOF."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -153,17 +153,14 @@ async def read_request(reader: asyncio.StreamReader) -> bytes | None:
     return head + await reader.readexactly(length)
 
 
-def answering(*responses: bytes, delay: float = 0.0) -> Handler:
-    """Answer requests on each connection with ``responses``, in turn."""
+def answering(*responses: bytes) -> Handler:
+    """Answer a connection's requests with ``responses`` in turn, then wait
+    for the client to close."""
 
-    async def handle(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def handle(reader: Reader, writer: Writer) -> None:
         for response in responses:
             if await read_request(reader) is None:
                 return
-            if delay:
-                await asyncio.sleep(delay)
             writer.write(response)
             await writer.drain()
         await reader.read()
@@ -172,9 +169,9 @@ def answering(*responses: bytes, delay: float = 0.0) -> Handler:
 
 
 def keep_answering(response: bytes, delay: float = 0.0) -> Handler:
-    async def handle(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    """Answer every request with ``response`` after ``delay`` seconds."""
+
+    async def handle(reader: Reader, writer: Writer) -> None:
         while await read_request(reader) is not None:
             await asyncio.sleep(delay)
             writer.write(response)
@@ -183,7 +180,7 @@ def keep_answering(response: bytes, delay: float = 0.0) -> Handler:
     return handle
 
 
-async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def silent(reader: Reader, writer: Writer) -> None:
     await reader.read()
 
 
@@ -231,6 +228,27 @@ def test_host_header_shows_the_port_only_when_not_the_default() -> None:
     assert Origin("http", "::1", 8080).host_header == "[::1]:8080"
 
 
+def test_origin_refuses_a_host_that_would_break_the_host_header() -> None:
+    with pytest.raises(ValueError, match="invalid origin host"):
+        Origin("http", "stats.kaltura.com\r\nX-Evil: 1", 80)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"max_connections": 0},
+        {"max_idle": -1},
+        {"max_response_bytes": -1},
+        {"total_timeout": 0},
+        {"connect_timeout": -1.0},
+        {"idle_timeout": 0.0},
+    ],
+)
+def test_pool_settings_refuse_impossible_limits(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(changes))):
+        PoolSettings(**changes)
+
+
 # request writing
 
 
@@ -239,9 +257,7 @@ async def test_request_is_written_verbatim_with_the_pools_own_framing(
 ) -> None:
     seen: list[bytes] = []
 
-    async def capture(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def capture(reader: Reader, writer: Writer) -> None:
         request = await read_request(reader)
         assert request is not None
         seen.append(request)
@@ -290,9 +306,7 @@ async def test_content_length_is_written_for_a_body_or_a_body_method(
     seen: list[bytes] = []
     head_ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 
-    async def capture(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def capture(reader: Reader, writer: Writer) -> None:
         request = await read_request(reader)
         assert request is not None
         seen.append(request)
@@ -313,9 +327,7 @@ async def test_caller_host_header_is_kept_and_no_second_host_is_added(
 ) -> None:
     seen: list[bytes] = []
 
-    async def capture(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def capture(reader: Reader, writer: Writer) -> None:
         request = await read_request(reader)
         assert request is not None
         seen.append(request)
@@ -643,11 +655,10 @@ async def test_interim_100_continue_is_skipped(make_pool: MakePool) -> None:
 async def test_close_delimited_body_is_read_to_eof_and_not_reused(
     make_pool: MakePool,
 ) -> None:
-    async def until_close(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def until_close(reader: Reader, writer: Writer) -> None:
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        writer.write(b"part one, ")
         await writer.drain()
         await asyncio.sleep(0.05)
         writer.write(b"part two")
@@ -696,7 +707,9 @@ async def test_response_refusing_keep_alive_is_not_kept_idle(
     assert server.connections == 2
 
 
-async def test_http10_response_with_keep_alive_is_reused(make_pool: MakePool) -> None:
+async def test_http10_response_with_keep_alive_is_reused(
+    make_pool: MakePool,
+) -> None:
     response = (
         b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"
     )
@@ -714,9 +727,7 @@ async def test_http10_response_with_keep_alive_is_reused(make_pool: MakePool) ->
 async def test_stale_reused_connection_is_retried_once_on_a_fresh_one(
     make_pool: MakePool,
 ) -> None:
-    async def hang_up_on_second(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def hang_up_on_second(reader: Reader, writer: Writer) -> None:
         # answer one request, then close as the next one arrives, the way
         # an origin's idle timer races a reuse
         await read_request(reader)
@@ -738,9 +749,7 @@ async def test_stale_reused_connection_is_retried_once_on_a_fresh_one(
 async def test_failure_on_a_fresh_connection_is_not_retried(
     make_pool: MakePool,
 ) -> None:
-    async def hang_up(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def hang_up(reader: Reader, writer: Writer) -> None:
         await read_request(reader)
 
     async with RawServer(hang_up) as server:
@@ -755,9 +764,7 @@ async def test_failure_on_a_fresh_connection_is_not_retried(
 async def test_reused_connection_failing_after_response_bytes_is_not_retried(
     make_pool: MakePool,
 ) -> None:
-    async def cut_second_answer(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def cut_second_answer(reader: Reader, writer: Writer) -> None:
         await read_request(reader)
         writer.write(OK)
         await writer.drain()
@@ -778,9 +785,7 @@ async def test_reused_connection_failing_after_response_bytes_is_not_retried(
 async def test_idle_connection_closed_by_the_server_is_discarded(
     make_pool: MakePool,
 ) -> None:
-    async def answer_then_close(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def answer_then_close(reader: Reader, writer: Writer) -> None:
         await read_request(reader)
         writer.write(OK)
         await writer.drain()
@@ -800,9 +805,7 @@ async def test_idle_connection_closed_by_the_server_is_discarded(
 
 
 async def test_reset_mid_body_raises_reset(make_pool: MakePool) -> None:
-    async def reset_mid_body(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def reset_mid_body(reader: Reader, writer: Writer) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
         await writer.drain()
@@ -810,7 +813,8 @@ async def test_reset_mid_body_raises_reset(make_pool: MakePool) -> None:
 
         # linger 0 turns the close into a TCP RST
         sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        linger = struct.pack("ii", 1, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
         writer.transport.abort()
 
     async with RawServer(reset_mid_body) as server:
