@@ -47,6 +47,7 @@ logger = logging.getLogger("kstats.proxy")
 # Bodies of these media types may hold an event and are read whole when
 # they are small enough; any other body streams through.
 _EVENT_MEDIA_TYPES: Final = ("application/json", "application/x-www-form-urlencoded")
+_EVENT_METHODS: Final = ("GET", "POST")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +151,9 @@ class ProxyApp:
         target = origin_form(request.raw_path)
         if target is None:
             return self._reject("bad_target", 400, "invalid request target\n")
-        if not is_api_path(target):
+        # only GET and POST carry events; a CORS preflight (OPTIONS) of an
+        # event's URL is Kaltura's to answer
+        if request.method not in _EVENT_METHODS or not is_api_path(target):
             return await self._stream(request, target, RequestKind.OTHER)
 
         # read a body that may hold events; stream any other
