@@ -101,6 +101,17 @@ async def _read_prefix(request: web.BaseRequest, limit: int) -> tuple[bytes, boo
     return b"".join(chunks), False
 
 
+async def _continue(request: web.BaseRequest) -> None:
+    """Answer ``Expect: 100-continue`` before reading the body.
+
+    ``Expect`` is not sent upstream (the proxy may hold the body whole), so
+    the proxy gives the interim answer the client waits for itself.
+    """
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        major, minor = request.version
+        await request.writer.write(b"HTTP/%d.%d 100 Continue\r\n\r\n" % (major, minor))
+
+
 def _plain(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text, content_type="text/plain")
 
@@ -151,6 +162,9 @@ class ProxyApp:
         target = origin_form(request.raw_path)
         if target is None:
             return self._reject("bad_target", 400, "invalid request target\n")
+        if request.body_exists:
+            await _continue(request)
+
         # only GET and POST carry events; a CORS preflight (OPTIONS) of an
         # event's URL is Kaltura's to answer
         if request.method not in _EVENT_METHODS or not is_api_path(target):
@@ -171,9 +185,18 @@ class ProxyApp:
                 )
 
         content_type = request.headers.get("Content-Type")
-        recognised = recognise(
-            request.method, target, content_type, body if request.body_exists else None
-        )
+        try:
+            recognised = recognise(
+                request.method,
+                target,
+                content_type,
+                body if request.body_exists else None,
+            )
+        except Exception:
+            logger.exception("recognition failed; forwarding the request as it came")
+            return await self._stream(
+                request, target, RequestKind.OTHER, body_prefix=body, complete=True
+            )
         if not recognised.events:
             return await self._stream(
                 request, target, recognised.kind, body_prefix=body, complete=True

@@ -140,7 +140,7 @@ class StandIn:
 
     def multirequest(self, params: dict[str, Any]) -> list[Any]:
         results: list[Any] = []
-        indices = sorted(int(k) for k in params if k.isdigit())
+        indices = sorted(int(k) for k in params if k.isascii() and k.isdigit())
         for index in indices:
             call = params[str(index)]
             if not isinstance(call, dict) or "service" not in call:

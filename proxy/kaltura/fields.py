@@ -63,15 +63,25 @@ MAX_CATEGORY_ID: Final = 2**31 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def _is_utf8(value: str) -> bool:
+    """False for text holding undecodable bytes (lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def sanitise_value(field: Field, value: str) -> str | None:
     """Return ``value`` ready for ``field``, or None when it is not valid.
 
     Surrounding white space is removed first. A userId is at most 100
     characters, an applicationName at most 64, neither may hold control
-    characters, and a playbackContext is a positive integer category id.
+    characters or bytes that are not UTF-8, and a playbackContext is a
+    positive integer category id.
     """
     value = value.strip()
-    if not value or _CONTROL.search(value):
+    if not value or _CONTROL.search(value) or not _is_utf8(value):
         return None
 
     if field is Field.PLAYBACK_CONTEXT:

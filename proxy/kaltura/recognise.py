@@ -148,10 +148,14 @@ def _lookup(
 def _is_double_encoded(stores: list[ParamStore]) -> bool:
     """Whether the client pre-encodes its report values, as mwEmbed v2 does.
 
-    The referrer tells best: once decoded, mwEmbed v2's still reads
-    ``https%3A...``. Without a referrer, mwEmbed's ``kwidget`` client tag
-    decides.
+    KDP3 (client tag ``kdp:``) encodes once whatever its referrer holds.
+    Otherwise the referrer tells best: once decoded, mwEmbed v2's still
+    reads ``https%3A...``. Without a referrer, mwEmbed's ``kwidget`` client
+    tag decides.
     """
+    client_tags = [store.params.get("clientTag") for store in stores]
+    if any(tag and tag.startswith("kdp") for tag in client_tags):
+        return False
     for store in stores:
         raw = store.params.get("event:referrer")
         if raw is None:
@@ -165,11 +169,7 @@ def _is_double_encoded(stores: list[ParamStore]) -> bool:
             )
         if raw:
             return raw[:8].lower().startswith(("http%3a", "https%3a"))
-    for store in stores:
-        client_tag = store.params.get("clientTag")
-        if client_tag is not None:
-            return client_tag.startswith("kwidget")
-    return False
+    return any(tag and tag.startswith("kwidget") for tag in client_tags)
 
 
 def _uses_encoded_keys(params: QueryParams | None) -> bool:
@@ -227,14 +227,14 @@ def _sub_request_indices(
             continue
         for key in params:
             number, _, rest = key.partition(":")
-            if rest == "service" and number.isdigit():
+            if rest == "service" and number.isascii() and number.isdigit():
                 service = (params.get(key) or "").lower()
                 action = (params.get(f"{number}:action") or "").lower()
                 if service == "stats" and action == "collect":
                     indices.add(int(number))
     if json is not None:
         for key, call in json.data.items():
-            if key.isdigit() and isinstance(call, dict):
+            if key.isascii() and key.isdigit() and isinstance(call, dict):
                 service = str(call.get("service", "")).lower()
                 action = str(call.get("action", "")).lower()
                 if service == "stats" and action == "collect":

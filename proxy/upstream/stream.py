@@ -30,7 +30,8 @@ CHUNK_SIZE: Final = 64 * 1024
 class StreamFailure(Exception):
     """The upstream could not be reached or did not answer in time.
 
-    ``reason`` is a bounded label: ``connect``, ``timeout`` or ``reset``.
+    ``reason`` is a bounded label: ``connect``, ``timeout``, ``protocol``
+    or ``reset``.
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -43,6 +44,11 @@ async def _body_chunks(prefix: bytes, request: web.BaseRequest) -> AsyncIterator
         yield prefix
     async for chunk in request.content.iter_any():
         yield chunk
+
+
+def _header_text(raw: bytes) -> str:
+    """Header bytes as aiohttp's server will write them back: UTF-8."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 class StreamingForwarder:
@@ -73,7 +79,12 @@ class StreamingForwarder:
                 timeout=self._timeout,
                 auto_decompress=False,
                 # send only the headers the player sent, not aiohttp's own
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                skip_auto_headers=(
+                    "User-Agent",
+                    "Accept",
+                    "Accept-Encoding",
+                    "Content-Type",
+                ),
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
@@ -93,9 +104,9 @@ class StreamingForwarder:
         ``body_complete``, the rest still comes from the client's stream.
         """
         data: bytes | AsyncIterator[bytes] | None = None
-        if body_complete:
+        if body_complete and (body_prefix or request.body_exists):
             data = body_prefix
-        elif request.body_exists:
+        elif not body_complete and request.body_exists:
             data = _body_chunks(body_prefix, request)
 
         # yarl would re-quote the target: hand it over encoded as it came
@@ -119,8 +130,11 @@ class StreamingForwarder:
             ) from error
 
         async with upstream:
+            # TODO: header bytes that are not UTF-8 are lost on the way to
+            # the player (aiohttp's server drops the escaped bytes); writing
+            # the response head ourselves would keep them.
             raw_headers = [
-                (name.decode("latin-1"), value.decode("latin-1"))
+                (_header_text(name), _header_text(value))
                 for name, value in upstream.raw_headers
             ]
             response = web.StreamResponse(
