@@ -250,6 +250,8 @@ class ProxyApp:
         else:
             upstream_seconds = time.perf_counter() - started
             self.metrics.upstream_duration.labels(kind=kind).observe(upstream_seconds)
+            # TODO: header bytes that are not UTF-8 are lost here as on the
+            # pass-through path: aiohttp's server drops the escaped bytes.
             response = web.Response(
                 status=answer.status,
                 reason=answer.reason,

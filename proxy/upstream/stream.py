@@ -128,6 +128,10 @@ class StreamingForwarder:
             raise StreamFailure(
                 "connect", f"upstream {self._base_url}: {error}"
             ) from error
+        except aiohttp.ClientError as error:
+            # an answer that is not HTTP, or headers aiohttp will not parse
+            message = f"upstream {self._base_url}: {error!r}"
+            raise StreamFailure("protocol", message) from error
 
         async with upstream:
             # TODO: header bytes that are not UTF-8 are lost on the way to
