@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import orjson
 import pytest
 from support import RULES
 
-from proxy.cli import build_parser, main
+from proxy.cli import _serve_config, build_parser, main
 from proxy.demo import run_demo, shipped_rules
 
 
@@ -83,3 +90,110 @@ def test_demo_runs_as_the_console_command() -> None:
     )
     assert 0 == done.returncode, done.stderr
     assert "Kaltura got      ...&event:userId=dana%2540example.edu" in done.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_serve_runs_reads_environment_logs_json_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    upstream_port, port, admin_port = _free_port(), _free_port(), _free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "-c", STANDIN_SCRIPT, str(upstream_port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    env = {
+        **os.environ,
+        "KSTATS_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
+        "KSTATS_RULES": str(RULES),
+        "KSTATS_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
+        "KSTATS_ADMIN_SECRET": "1234:testsecret",
+    }
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "serve", "--listen", f"127.0.0.1:{port}"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert upstream.stdout is not None and "ready" in upstream.stdout.readline()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if _get(f"http://127.0.0.1:{admin_port}/readyz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        assert (200, "ok\n") == _get(f"http://127.0.0.1:{admin_port}/healthz")
+
+        event = (
+            f"http://127.0.0.1:{port}/api_v3/index.php?service=stats&action=collect"
+            "&format=1&event:eventType=3&event:partnerId=1234"
+            "&event:referrer=https%3A%2F%2Fwww.example.org%2Fsecret-page"
+        )
+        request = urllib.request.Request(event, headers={"X-Forwarded-User": "zoe"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert b"true" == response.read()
+        metrics = _get(f"http://127.0.0.1:{admin_port}/metrics")[1]
+        assert 'kstats_enrichments_total{field="userId",source="header"} 1.0' in metrics
+
+        serve.send_signal(signal.SIGTERM)
+        assert 0 == serve.wait(timeout=30)
+    finally:
+        for process in (serve, upstream):
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+    assert serve.stderr is not None
+    lines = [orjson.loads(line) for line in serve.stderr.read().splitlines()]
+    access = [line for line in lines if line["logger"] == "kstats.access"]
+    assert ["userId:header", "applicationName:page"] == access[0]["added"]
+    # the user id, the secret and the page never reach the log
+    text = str(lines)
+    assert "zoe" not in text and "testsecret" not in text
+    assert "secret-page" not in text
+
+
+STANDIN_SCRIPT = """
+import asyncio, sys
+from aiohttp import web
+from proxy.standin import StandIn, make_standin_app
+
+async def main(port):
+    runner = web.AppRunner(make_standin_app(StandIn()))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print("ready", flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def test_admin_secrets_come_from_the_environment_and_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.write_text("# partner secrets\n5678:othersecret\n", encoding="utf-8")
+    monkeypatch.setenv("KSTATS_ADMIN_SECRET", "1234:testsecret")
+    args = build_parser().parse_args(
+        ["serve", "--admin-secret-file", str(secrets), "--upstream", "http://a.b"]
+    )
+    config = _serve_config(args)
+    assert ("testsecret",) == config.admin_secrets.for_partner(1234)
+    assert ("othersecret",) == config.admin_secrets.for_partner(5678)
+    assert "testsecret" not in repr(config)
