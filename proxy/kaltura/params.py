@@ -42,48 +42,51 @@ class QueryParams:
     """The parameters of one query string or form body, editable in place.
 
     Keys are compared after one level of decoding, so ``event:userId`` and
-    ``event%3AuserId`` are the same key. When a key occurs more than once
-    the last occurrence is the value, as in PHP.
+    ``event%3AuserId`` are the same key; ``encoded_keys`` says the client
+    writes its keys encoded. When a key occurs more than once the last
+    occurrence is the value, as in PHP.
+
+    Reading costs one pass over the text. Edits are kept aside: appended
+    segments are added after the untouched text, and only a replaced value
+    makes :meth:`render` rebuild the string.
     """
 
-    __slots__ = ("_changed", "_index", "_raw", "_segments")
+    __slots__ = ("_appended", "_raw", "_replaced", "_values", "encoded_keys")
 
     def __init__(self, raw: str) -> None:
         self._raw = raw
-        self._changed = False
+        self._appended: dict[str, str] = {}  # decoded key -> new segment
+        self._replaced: dict[str, str] = {}
+        self.encoded_keys = False
 
-        # each segment is [raw key, raw value or None when there is no "="]
-        self._segments: list[list[str | None]] = []
-        self._index: dict[str, list[int]] = {}
-        if not raw:
-            return
-        for position, segment in enumerate(raw.split("&")):
-            key, equals, value = segment.partition("=")
-            self._segments.append([key, value if equals else None])
-            if key:
-                self._index.setdefault(decode_component(key), []).append(position)
+        # decoded key -> raw value of its last occurrence
+        values: dict[str, str] = {}
+        if raw:
+            for segment in raw.split("&"):
+                key, _, value = segment.partition("=")
+                if "%" in key or "+" in key:
+                    # a client that encodes keys writes event%3AuserId
+                    if "%3A" in key or "%3a" in key:
+                        self.encoded_keys = True
+                    key = decode_component(key)
+                if key:
+                    values[key] = value
+        self._values = values
 
     def __contains__(self, key: str) -> bool:
-        return key in self._index
+        return key in self._values
 
     def __iter__(self) -> Iterator[str]:
         """The decoded keys, in the order of their first occurrence."""
-        return iter(self._index)
-
-    def raw_keys(self, key: str) -> list[str]:
-        """How ``key`` was written on the wire, once per occurrence."""
-        return [str(self._segments[i][0]) for i in self._index.get(key, ())]
+        return iter(self._values)
 
     def raw(self, key: str) -> str | None:
         """The raw, still encoded value of ``key``."""
-        positions = self._index.get(key)
-        if not positions:
-            return None
-        return self._segments[positions[-1]][1] or ""
+        return self._values.get(key)
 
     def get(self, key: str) -> str | None:
         """The value of ``key`` decoded once, or None when it is absent."""
-        raw = self.raw(key)
+        raw = self._values.get(key)
         return None if raw is None else decode_component(raw)
 
     def set_raw(self, key: str, raw_value: str, *, raw_key: str) -> None:
@@ -92,28 +95,27 @@ class QueryParams:
         Every occurrence of the key is rewritten in place; a key that is
         absent is appended as ``raw_key=raw_value``.
         """
-        self._changed = True
-        positions = self._index.get(key)
-        if positions:
-            for position in positions:
-                self._segments[position][1] = raw_value
-            return
-
-        # reuse the empty segment a trailing "&" leaves
-        if self._segments and self._segments[-1] == ["", None]:
-            self._segments.pop()
-        self._index[key] = [len(self._segments)]
-        self._segments.append([raw_key, raw_value])
+        if key in self._values and key not in self._appended:
+            self._replaced[key] = raw_value
+        else:
+            self._appended[key] = f"{raw_key}={raw_value}"
+        self._values[key] = raw_value
 
     @property
     def changed(self) -> bool:
-        return self._changed
+        return bool(self._appended or self._replaced)
 
     def render(self) -> str:
         """The query string, byte for byte as received unless it was edited."""
-        if not self._changed:
-            return self._raw
-        return "&".join(
-            str(key) if value is None else f"{key}={value}"
-            for key, value in self._segments
-        )
+        base = self._raw
+        if self._replaced:
+            segments = []
+            for segment in base.split("&"):
+                key = segment.partition("=")[0]
+                new = self._replaced.get(decode_component(key))
+                segments.append(segment if new is None else f"{key}={new}")
+            base = "&".join(segments)
+        if not self._appended:
+            return base
+        separator = "&" if base and not base.endswith("&") else ""
+        return base + separator + "&".join(self._appended.values())

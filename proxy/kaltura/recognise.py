@@ -172,12 +172,6 @@ def _is_double_encoded(stores: list[ParamStore]) -> bool:
     return any(tag and tag.startswith("kwidget") for tag in client_tags)
 
 
-def _uses_encoded_keys(params: QueryParams | None) -> bool:
-    if params is None:
-        return False
-    return any("%3" in raw for key in params for raw in params.raw_keys(key))
-
-
 def _stats_event(
     query: QueryParams,
     form: QueryParams | None,
@@ -195,7 +189,7 @@ def _stats_event(
             event_prefix=prefix + "event:",
             param_prefix=prefix,
             double=double,
-            encoded_keys=_uses_encoded_keys(p),
+            encoded_keys=p.encoded_keys,
         )
         for p in params
     ]
