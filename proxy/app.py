@@ -249,7 +249,9 @@ class ProxyApp:
             response: web.StreamResponse = _plain(status, "upstream unavailable\n")
         else:
             upstream_seconds = time.perf_counter() - started
-            self.metrics.upstream_duration.labels(kind=kind).observe(upstream_seconds)
+            self.metrics.child(self.metrics.upstream_duration, kind).observe(
+                upstream_seconds
+            )
             # TODO: header bytes that are not UTF-8 are lost here as on the
             # pass-through path: aiohttp's server drops the escaped bytes.
             response = web.Response(
@@ -313,17 +315,16 @@ class ProxyApp:
         enrich_seconds: float,
     ) -> None:
         metrics = self.metrics
-        metrics.requests.labels(kind=kind, code=str(status)).inc()
+        child = metrics.child
+        child(metrics.requests, kind, str(status)).inc()
         for outcome in outcomes:
             event = outcome.event
             label = event_type_label(event.api, event.event_type)
-            metrics.events.labels(api=event.api, event_type=label).inc()
+            child(metrics.events, event.api, label).inc()
             for rule in outcome.matched:
-                metrics.rule_matches.labels(rule=rule).inc()
+                child(metrics.rule_matches, rule).inc()
             for enrichment in outcome.enrichments:
-                metrics.enrichments.labels(
-                    field=enrichment.field, source=enrichment.source
-                ).inc()
+                child(metrics.enrichments, enrichment.field, enrichment.source).inc()
 
         if access_logger.isEnabledFor(logging.INFO):
             access_logger.info(

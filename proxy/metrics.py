@@ -9,9 +9,10 @@ counted as ``other``.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.kaltura.fields import Api
 
@@ -52,6 +53,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._children: dict[tuple[Any, ...], Any] = {}
         self.requests = Counter(
             "kstats_requests",
             "Requests answered, by kind and HTTP status.",
@@ -109,6 +111,18 @@ class Metrics:
             ["hash"],
             registry=registry,
         )
+
+    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set.
+
+        prometheus-client validates and hashes labels on every call; the
+        label sets here are few and bounded, so their children are kept.
+        """
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def set_rules(self, digest: str) -> None:
         """Point ``kstats_rules_info`` at the rule set now in use."""

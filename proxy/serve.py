@@ -9,6 +9,7 @@ grace period to finish, then the upstream connections close.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -95,6 +96,12 @@ async def start(config: ServeConfig) -> RunningProxy:
     await admin.setup()
     admin_site = web.TCPSite(admin, *config.admin_listen)
     await admin_site.start()
+
+    # what start-up allocated lives as long as the process: keep the
+    # collector from walking it again and again (XXX: measured at about a
+    # tenth of the event path's CPU time before)
+    gc.collect()
+    gc.freeze()
 
     public_port = listener.sockets[0].getsockname()[1]
     admin_port = admin.addresses[0][1]
