@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.enrich import Enricher, EventOutcome
@@ -34,7 +35,7 @@ from proxy.headers import (
     response_headers,
     upstream_headers,
 )
-from proxy.kaltura.recognise import RequestKind, is_api_path, recognise
+from proxy.kaltura.recognise import Recognised, RequestKind, is_api_path, recognise
 from proxy.kaltura.session import KsReader
 from proxy.metrics import Metrics, event_type_label
 from proxy.rules.model import RuleSet
@@ -65,6 +66,38 @@ class ProxySettings:
     pool: PoolSettings = field(default_factory=PoolSettings)
     stream_connect_timeout: float = 3.0
     stream_read_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class EventRequest:
+    """The parts of a request the event path needs, whichever server read it."""
+
+    method: str
+    target: str  # origin-form, as received
+    headers: CIMultiDictProxy[str]
+    peer: str | None
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventAnswer:
+    """What the player gets for an event request.
+
+    ``headers`` are the upstream's, less hop-by-hop and framing headers:
+    the server that writes the answer adds its own ``Content-Length``.
+    """
+
+    status: int
+    reason: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+def _plain_answer(status: int, reason: str, text: str) -> EventAnswer:
+    headers: CIMultiDict[str] = CIMultiDict(
+        {"Content-Type": "text/plain; charset=utf-8"}
+    )
+    return EventAnswer(status, reason, headers, text.encode())
 
 
 def origin_form(target: str) -> str | None:
@@ -184,53 +217,78 @@ class ProxyApp:
                     request, target, RequestKind.OTHER, body_prefix=body
                 )
 
-        content_type = request.headers.get("Content-Type")
-        try:
-            recognised = recognise(
-                request.method,
-                target,
-                content_type,
-                body if request.body_exists else None,
-            )
-        except Exception:
-            logger.exception("recognition failed; forwarding the request as it came")
+        recognised = self.recognise_events(
+            request.method,
+            target,
+            request.headers.get("Content-Type"),
+            body if request.body_exists else None,
+        )
+        if recognised is None or not recognised.events:
+            kind = RequestKind.OTHER if recognised is None else recognised.kind
             return await self._stream(
-                request, target, RequestKind.OTHER, body_prefix=body, complete=True
-            )
-        if not recognised.events:
-            return await self._stream(
-                request, target, recognised.kind, body_prefix=body, complete=True
+                request, target, kind, body_prefix=body, complete=True
             )
 
-        # enrich, falling back to the event as it came on any fault
+        event_request = EventRequest(
+            request.method, target, request.headers, request.remote, request.host
+        )
+        answer = await self.answer_events(event_request, recognised, body)
+        return web.Response(
+            status=answer.status,
+            reason=answer.reason,
+            body=answer.body,
+            headers=answer.headers,
+        )
+
+    def recognise_events(
+        self, method: str, target: str, content_type: str | None, body: bytes | None
+    ) -> Recognised | None:
+        """The request taken apart, or None when recognition itself failed."""
+        try:
+            return recognise(method, target, content_type, body)
+        except Exception:
+            logger.exception("recognition failed; forwarding the request as it came")
+            return None
+
+    async def answer_events(
+        self, request: EventRequest, recognised: Recognised, body: bytes
+    ) -> EventAnswer:
+        """Enrich the events of a request, forward it, and record the outcome.
+
+        Whatever goes wrong in enrichment, the request is forwarded as it
+        came.
+        """
         started = time.perf_counter()
         outcomes: list[EventOutcome] = []
         try:
             outcomes = await self._enricher.enrich(
                 self.rules, recognised, headers=request.headers, host=request.host
             )
-            new_target = recognised.render_target()
+            target = recognised.render_target()
             new_body = recognised.render_body(body)
         except Exception:
             logger.exception("enrichment failed; forwarding the request as it came")
-            outcomes, new_target, new_body = [], target, body
+            outcomes, target, new_body = [], request.target, body
         enrich_seconds = time.perf_counter() - started
 
-        return await self._forward_events(
-            request, recognised.kind, new_target, new_body, outcomes, enrich_seconds
+        kind = recognised.kind
+        answer = await self._forward_events(request, kind, target, new_body)
+        self._record(
+            request.method,
+            request.peer,
+            request.headers,
+            kind,
+            answer.status,
+            outcomes,
+            enrich_seconds,
         )
+        return answer
 
     async def _forward_events(
-        self,
-        request: web.BaseRequest,
-        kind: RequestKind,
-        target: str,
-        body: bytes,
-        outcomes: list[EventOutcome],
-        enrich_seconds: float,
-    ) -> web.StreamResponse:
+        self, request: EventRequest, kind: RequestKind, target: str, body: bytes
+    ) -> EventAnswer:
         headers = upstream_headers(
-            request.headers, request.remote, self._forwarding, keep_length=False
+            request.headers, request.peer, self._forwarding, keep_length=False
         )
         started = time.perf_counter()
         try:
@@ -238,31 +296,26 @@ class ProxyApp:
         except ValueError as error:
             # a request the pool refuses to write (control bytes in it)
             logger.info("refused to forward a %s request: %s", kind, error)
-            return self._reject("bad_request", 400, "invalid request\n")
+            self.metrics.child(self.metrics.rejected, "bad_request").inc()
+            return _plain_answer(400, "Bad Request", "invalid request\n")
         except UpstreamError as error:
             # TODO: events are lost here while the upstream is down; a
             # durable spool that answers the player and replays later
             # would keep them.
-            self.metrics.upstream_failures.labels(reason=error.reason).inc()
+            self.metrics.child(self.metrics.upstream_failures, error.reason).inc()
             logger.warning("upstream failed for a %s request: %s", kind, error)
-            status = 504 if error.reason == "timeout" else 502
-            response: web.StreamResponse = _plain(status, "upstream unavailable\n")
-        else:
-            upstream_seconds = time.perf_counter() - started
-            self.metrics.child(self.metrics.upstream_duration, kind).observe(
-                upstream_seconds
-            )
-            # TODO: header bytes that are not UTF-8 are lost here as on the
-            # pass-through path: aiohttp's server drops the escaped bytes.
-            response = web.Response(
-                status=answer.status,
-                reason=answer.reason,
-                body=answer.body,
-                headers=response_headers(answer.headers, keep_length=False),
-            )
+            if error.reason == "timeout":
+                return _plain_answer(504, "Gateway Timeout", "upstream unavailable\n")
+            return _plain_answer(502, "Bad Gateway", "upstream unavailable\n")
 
-        self._record(request, kind, response.status, outcomes, enrich_seconds)
-        return response
+        seconds = time.perf_counter() - started
+        self.metrics.child(self.metrics.upstream_duration, kind).observe(seconds)
+        return EventAnswer(
+            answer.status,
+            answer.reason,
+            response_headers(answer.headers, keep_length=False),
+            answer.body,
+        )
 
     async def _stream(
         self,
@@ -298,7 +351,15 @@ class ProxyApp:
         else:
             seconds = time.perf_counter() - started
             self.metrics.upstream_duration.labels(kind=kind).observe(seconds)
-        self._record(request, kind, response.status, [], 0.0)
+        self._record(
+            request.method,
+            request.remote,
+            request.headers,
+            kind,
+            response.status,
+            [],
+            0.0,
+        )
         return response
 
     def _reject(self, reason: str, status: int, text: str) -> web.Response:
@@ -308,7 +369,9 @@ class ProxyApp:
 
     def _record(
         self,
-        request: web.BaseRequest,
+        method: str,
+        peer: str | None,
+        headers: CIMultiDictProxy[str],
         kind: RequestKind,
         status: int,
         outcomes: list[EventOutcome],
@@ -329,18 +392,16 @@ class ProxyApp:
         if access_logger.isEnabledFor(logging.INFO):
             access_logger.info(
                 "%s %s %s",
-                request.method,
+                method,
                 kind,
                 status,
                 extra={
                     "fields": {
-                        "method": request.method,
+                        "method": method,
                         "kind": str(kind),
                         "status": status,
                         "client": client_address(
-                            request.remote,
-                            request.headers.get("X-Forwarded-For"),
-                            self._forwarding,
+                            peer, headers.get("X-Forwarded-For"), self._forwarding
                         ),
                         "events": len(outcomes),
                         "rules": sorted({r for o in outcomes for r in o.matched}),
