@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from proxy.admin import Readiness, make_admin_app
 from proxy.app import ProxyApp, ProxySettings
+from proxy.fastpath import EventConnections, event_protocol_factory
 from proxy.kaltura.ks import AdminSecrets
 from proxy.kaltura.session import KsReader
 from proxy.metrics import Metrics
@@ -48,16 +49,22 @@ class RunningProxy:
     app: ProxyApp
     readiness: Readiness
     server: web.Server
+    connections: EventConnections
     listener: asyncio.Server
     admin: web.AppRunner
     ports: tuple[int, int]
 
     async def stop(self, grace_period: float) -> None:
+        if self.readiness.draining:
+            return  # stopped or stopping already
+
         # turn readiness off and stop accepting new connections
         self.readiness.draining = True
         self.listener.close()
 
         # let requests in flight finish, then close what is left
+        self.connections.close_idle()
+        await self.connections.wait_busy(grace_period)
         await self.server.shutdown(grace_period)
         await self.listener.wait_closed()
         await self.app.close()
@@ -88,9 +95,13 @@ async def start(config: ServeConfig) -> RunningProxy:
         max_line_size=config.max_line_size,
         max_field_size=config.max_field_size,
     )
+    connections = EventConnections()
+    protocol = event_protocol_factory(
+        app, server, connections, max_head=config.max_field_size
+    )
     loop = asyncio.get_running_loop()
     host, port = config.listen
-    listener = await loop.create_server(server, host, port, backlog=1024)
+    listener = await loop.create_server(protocol, host, port, backlog=1024)
 
     admin = web.AppRunner(make_admin_app(registry, readiness), access_log=None)
     await admin.setup()
@@ -117,7 +128,7 @@ async def start(config: ServeConfig) -> RunningProxy:
         config.proxy.upstream_url,
     )
     return RunningProxy(
-        app, readiness, server, listener, admin, (public_port, admin_port)
+        app, readiness, server, connections, listener, admin, (public_port, admin_port)
     )
 
 

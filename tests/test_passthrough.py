@@ -694,13 +694,6 @@ async def test_event_response_utf8_header_bytes_reach_the_client_unchanged(
     assert raw_header_value(response, name) == value
 
 
-@pytest.mark.xfail(
-    reason=(
-        "event path: the pool decodes header bytes with surrogateescape but "
-        "aiohttp's server drops the surrogates when writing: caf\\xff -> caf"
-    ),
-    strict=True,
-)
 async def test_event_response_invalid_utf8_header_bytes_reach_the_client_unchanged(
     raw_origin: RawOriginFactory, start_proxy: ProxyFactory
 ) -> None:
