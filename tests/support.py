@@ -6,11 +6,11 @@ Imported by tests as ``support`` (pytest puts ``tests/`` on the path).
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from proxy.records import TrafficRecord, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -18,51 +18,39 @@ FIXTURES = SHARED / "fixtures"
 RULES = REPO / "rules"
 
 
-@dataclass(frozen=True)
-class Record:
-    """One request of the fixtures' record format."""
+def request_bytes(
+    record: TrafficRecord, extra_headers: tuple[tuple[str, str], ...] = ()
+) -> bytes:
+    """A recorded request as it would be written on the wire."""
+    lines = [f"{record.method} {record.raw_path} HTTP/1.1"]
+    for name, value in (*record.headers, *extra_headers):
+        if name.lower() not in ("content-length", "connection"):
+            lines.append(f"{name}: {value}")
+    if record.body or record.method == "POST":
+        lines.append(f"Content-Length: {len(record.body)}")
+    head = "\r\n".join(lines) + "\r\n\r\n"
+    return head.encode("latin-1") + record.body
 
-    seq: int
-    label: str
-    method: str
-    raw_path: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-    data: dict[str, Any] = field(repr=False)
 
-    def header(self, name: str) -> str | None:
-        lower = name.lower()
-        return next((v for k, v in self.headers if k.lower() == lower), None)
+class Record(TrafficRecord):
+    """A fixture record, with the helpers tests use."""
+
+    __slots__ = ()
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.extra
 
     def to_bytes(self, extra_headers: tuple[tuple[str, str], ...] = ()) -> bytes:
-        """The request as it would be written on the wire."""
-        lines = [f"{self.method} {self.raw_path} HTTP/1.1"]
-        for name, value in (*self.headers, *extra_headers):
-            if name.lower() not in ("content-length", "connection"):
-                lines.append(f"{name}: {value}")
-        if self.body or self.method == "POST":
-            lines.append(f"Content-Length: {len(self.body)}")
-        head = "\r\n".join(lines) + "\r\n\r\n"
-        return head.encode("latin-1") + self.body
+        return request_bytes(self, extra_headers)
 
 
 def load_records(name: str) -> list[Record]:
-    records = []
-    for line in (FIXTURES / name).read_text().splitlines():
-        if line.strip():
-            data = json.loads(line)
-            records.append(
-                Record(
-                    seq=data["seq"],
-                    label=data["label"],
-                    method=data["method"],
-                    raw_path=data["raw_path"],
-                    headers=tuple((k, v) for k, v in data["headers"]),
-                    body=base64.b64decode(data["body_b64"]),
-                    data=data,
-                )
-            )
-    return records
+    """The records of ``../shared/fixtures/<name>``."""
+    return [
+        Record(r.seq, r.label, r.method, r.raw_path, r.headers, r.body, r.extra)
+        for r in read_records(FIXTURES / name)
+    ]
 
 
 @dataclass
