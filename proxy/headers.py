@@ -40,6 +40,11 @@ _REPLACED_UPSTREAM: Final = frozenset(
     | {"x-forwarded-host"}
 )
 
+# Every request header not copied upstream as it came, before those the
+# ``Connection`` header names; the first set also drops Content-Length.
+_NOT_COPIED: Final = HOP_BY_HOP | _REPLACED_UPSTREAM | {"content-length"}
+_NOT_COPIED_KEEPING_LENGTH: Final = HOP_BY_HOP | _REPLACED_UPSTREAM
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -128,15 +133,13 @@ def upstream_headers(
     ``keep_length`` keeps the client's ``Content-Length`` (for a body that
     streams through as it came); without it the sender computes its own.
     """
-    named = _connection_tokens(headers) if "Connection" in headers else frozenset()
+    dropped = _NOT_COPIED_KEEPING_LENGTH if keep_length else _NOT_COPIED
+    if "Connection" in headers:
+        dropped = dropped | _connection_tokens(headers)
     out: list[tuple[str, str]] = [("Host", policy.upstream_host)]
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in _REPLACED_UPSTREAM or lower in named:
-            continue
-        if lower == "content-length" and not keep_length:
-            continue
-        out.append((name, value))
+    out += [
+        (name, value) for name, value in headers.items() if name.lower() not in dropped
+    ]
 
     if policy.forward_cookies:
         cookies = _allowed_cookies(headers, policy.forward_cookies)

@@ -26,7 +26,6 @@ from typing import Any, Final, Protocol
 from proxy.kaltura.fields import WIRE_NAMES, Api, Field
 from proxy.kaltura.params import (
     QueryParams,
-    decode_component,
     decode_uri_component,
     encode_component,
 )
@@ -85,11 +84,8 @@ class ParamStore:
         self._encoded_keys = encoded_keys
 
     def event_value(self, name: str) -> str | None:
-        raw = self.params.raw(self._event_prefix + name)
-        if raw is None:
-            return None
-        value = decode_component(raw)
-        if self._double and name in DOUBLE_ENCODED:
+        value = self.params.get(self._event_prefix + name)
+        if value is not None and self._double and name in DOUBLE_ENCODED:
             value = decode_uri_component(value)
         return value
 
@@ -99,7 +95,9 @@ class ParamStore:
     def set_event_value(self, name: str, value: str) -> None:
         raw_value = encode_component(value)
         if self._double and name in DOUBLE_ENCODED:
-            raw_value = encode_component(raw_value)
+            # encoded text is all safe characters and escapes: encoding it
+            # again only turns each "%" into "%25"
+            raw_value = raw_value.replace("%", "%25")
 
         key = self._event_prefix + name
         raw_key = key.replace(":", "%3A") if self._encoded_keys else key
@@ -226,8 +224,12 @@ class EventView:
 
     def get(self, field: Field) -> str | None:
         """The value the event carries for ``field``; empty means absent."""
-        value = self.attribute(self._names[field])
-        return value or None
+        name = self._names[field]
+        for store in self.stores:
+            value = store.event_value(name)
+            if value is not None:
+                return value or None
+        return None
 
     def set(self, field: Field, value: str) -> None:
         """Write ``field``, where it stands or else in the primary store."""

@@ -72,6 +72,22 @@ def _is_utf8(value: str) -> bool:
     return True
 
 
+def _sanitise_category_id(value: str) -> str | None:
+    # ASCII digits hold no control characters and are valid UTF-8
+    if not value.isascii() or not value.isdigit():
+        return None
+    number = int(value)
+    return str(number) if 0 < number <= MAX_CATEGORY_ID else None
+
+
+# The length limit of each field whose value is text (playbackContext is a
+# number).
+_TEXT_LIMITS: Final = {
+    Field.USER_ID: MAX_USER_ID,
+    Field.APPLICATION_NAME: MAX_APPLICATION_NAME,
+}
+
+
 def sanitise_value(field: Field, value: str) -> str | None:
     """Return ``value`` ready for ``field``, or None when it is not valid.
 
@@ -81,16 +97,17 @@ def sanitise_value(field: Field, value: str) -> str | None:
     positive integer category id.
     """
     value = value.strip()
-    if not value or _CONTROL.search(value) or not _is_utf8(value):
+    limit = _TEXT_LIMITS.get(field)
+    if limit is None:
+        return _sanitise_category_id(value)
+    if not value or len(value) > limit:
         return None
 
-    if field is Field.PLAYBACK_CONTEXT:
-        if not value.isascii() or not value.isdigit():
-            return None
-        number = int(value)
-        if not 0 < number <= MAX_CATEGORY_ID:
-            return None
-        return str(number)
-
-    limit = MAX_USER_ID if field is Field.USER_ID else MAX_APPLICATION_NAME
-    return value if len(value) <= limit else None
+    if value.isascii():
+        # XXX: for ASCII text the C isprintable() rejects exactly the
+        # control characters of _CONTROL (0x00 to 0x1f and 0x7f), and all
+        # of it is valid UTF-8; it costs a fraction of the regex search.
+        clean = value.isprintable()
+    else:
+        clean = not _CONTROL.search(value) and _is_utf8(value)
+    return value if clean else None

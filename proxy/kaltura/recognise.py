@@ -92,6 +92,8 @@ def _path_params(path: str) -> dict[str, str]:
     rest = path.lstrip("/")[len(_API_PREFIX) :]
     if rest.startswith("index.php"):
         rest = rest[len("index.php") :]
+    if not rest.strip("/"):
+        return {}  # the query form: nothing after the script
     parts = [part for part in rest.split("/") if part]
     return {
         decode_component(parts[i]): decode_component(parts[i + 1])
@@ -145,7 +147,7 @@ def _lookup(
     return (value or "").lower()
 
 
-def _is_double_encoded(stores: list[ParamStore]) -> bool:
+def _is_double_encoded(params: tuple[QueryParams, ...]) -> bool:
     """Whether the client pre-encodes its report values, as mwEmbed v2 does.
 
     KDP3 (client tag ``kdp:``) encodes once whatever its referrer holds.
@@ -153,23 +155,28 @@ def _is_double_encoded(stores: list[ParamStore]) -> bool:
     reads ``https%3A...``. Without a referrer, mwEmbed's ``kwidget`` client
     tag decides.
     """
-    client_tags = [store.params.get("clientTag") for store in stores]
-    if any(tag and tag.startswith("kdp") for tag in client_tags):
+    kdp = kwidget = False
+    for p in params:
+        tag = p.get("clientTag") or ""
+        kdp = kdp or tag.startswith("kdp")
+        kwidget = kwidget or tag.startswith("kwidget")
+    if kdp:
         return False
-    for store in stores:
-        raw = store.params.get("event:referrer")
-        if raw is None:
-            raw = next(
-                (
-                    store.params.get(key)
-                    for key in store.params
-                    if key.endswith(":event:referrer")
-                ),
-                None,
-            )
-        if raw:
-            return raw[:8].lower().startswith(("http%3a", "https%3a"))
-    return any(tag and tag.startswith("kwidget") for tag in client_tags)
+    for p in params:
+        referrer = _referrer(p)
+        if referrer:
+            return referrer[:8].lower().startswith(("http%3a", "https%3a"))
+    return kwidget
+
+
+def _referrer(params: QueryParams) -> str | None:
+    """The referrer of an event, or of any sub-request, decoded once."""
+    referrer = params.get("event:referrer")
+    if referrer is None:
+        keys = (key for key in params if key.endswith(":event:referrer"))
+        key = next(keys, None)
+        referrer = None if key is None else params.get(key)
+    return referrer
 
 
 def _stats_event(
@@ -180,19 +187,19 @@ def _stats_event(
     index: int | None,
 ) -> EventView:
     prefix = "" if index is None else f"{index}:"
-    params = [query] if form is None else [query, form]
-    double = _is_double_encoded([ParamStore(p, event_prefix="") for p in params])
+    params = (query,) if form is None else (query, form)
+    double = _is_double_encoded(params)
 
-    stores: list[Store] = [
-        ParamStore(
+    stores: list[Store] = []
+    for p in params:
+        store = ParamStore(
             p,
             event_prefix=prefix + "event:",
             param_prefix=prefix,
             double=double,
             encoded_keys=p.encoded_keys,
         )
-        for p in params
-    ]
+        stores.append(store)
     if json is not None:
         container = json.data if index is None else json.data.get(str(index))
         if isinstance(container, dict):
@@ -246,12 +253,11 @@ def recognise(
     """
     path, question_mark, raw_query = target.partition("?")
     query = QueryParams(raw_query)
-    recognised = Recognised(RequestKind.OTHER, path, query, bool(question_mark))
+    has_query = bool(question_mark)
     if not is_api_path(path):
-        return recognised
+        return Recognised(RequestKind.OTHER, path, query, has_query)
 
     body_kind, form, json = _parse_body(content_type, body)
-    recognised.body_kind, recognised.form, recognised.json = body_kind, form, json
 
     # the call's service and action, from the path, the query, then the body
     path_params = _path_params(path)
@@ -259,19 +265,19 @@ def recognise(
     action = _lookup("action", path_params, query, form, json)
 
     if service == "stats" and action == "collect":
-        recognised.kind = RequestKind.STATS
+        kind = RequestKind.STATS
         events = [_stats_event(query, form, json, index=None)]
     elif service == "analytics" and action == "trackevent":
-        recognised.kind = RequestKind.KAVA
+        kind = RequestKind.KAVA
         events = [_kava_event(query, form, json)]
     elif service == "multirequest":
-        recognised.kind = RequestKind.MULTIREQUEST
+        kind = RequestKind.MULTIREQUEST
         indices = _sub_request_indices(query, form, json)
         events = [_stats_event(query, form, json, index=i) for i in indices]
     else:
-        events = []
+        kind, events = RequestKind.OTHER, []
 
     # a body that cannot be read is Kaltura's to judge: it goes as it came
-    if body_kind is not BodyKind.OPAQUE:
-        recognised.events = events
-    return recognised
+    if body_kind is BodyKind.OPAQUE:
+        events = []
+    return Recognised(kind, path, query, has_query, body_kind, form, json, events)

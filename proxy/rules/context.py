@@ -2,8 +2,8 @@
 
 A :class:`SourceContext` is built once per event, before any value is
 written, so every rule is matched and every source read against the
-original request (SPEC section 9, step 2). Cookies are parsed and KS
-strings decoded only when a rule asks for them.
+original request (SPEC section 9, step 2). A cookie is looked up and
+a KS string decoded only when a rule asks for it.
 
 Serves step 2 (match) and step 3 (resolve).
 """
@@ -21,18 +21,22 @@ from proxy.kaltura.params import QueryParams
 MAX_MATCHED_INPUT: Final = 4096
 
 
-def parse_cookies(header: str) -> dict[str, str]:
-    """The cookies of a ``Cookie`` header; the first of a repeated name wins."""
-    cookies: dict[str, str] = {}
+def find_cookie(header: str, name: str) -> str | None:
+    """Cookie ``name`` of a ``Cookie`` header; the first of a repeated name wins.
+
+    Only the cookies up to the one asked for are taken apart: a browser's
+    header often carries a dozen a rule never reads.
+    """
+    if not name or name not in header:
+        return None
     for part in header.split(";"):
-        name, equals, value = part.partition("=")
-        name = name.strip()
-        if equals and name and name not in cookies:
+        key, equals, value = part.partition("=")
+        if equals and key.strip() == name:
             value = value.strip()
             if len(value) > 1 and value[0] == value[-1] == '"':
                 value = value[1:-1]
-            cookies[name] = value
-    return cookies
+            return value
+    return None
 
 
 class SourceContext:
@@ -45,7 +49,6 @@ class SourceContext:
     """
 
     __slots__ = (
-        "_cookies",
         "_ks_user",
         "event",
         "headers",
@@ -73,16 +76,13 @@ class SourceContext:
         self.event = event
         self.page = None if page is None else page[:MAX_MATCHED_INPUT]
         self._ks_user = ks_user
-        self._cookies: dict[str, str] | None = None
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)
         return None if value is None else value[:MAX_MATCHED_INPUT]
 
     def cookie(self, name: str) -> str | None:
-        if self._cookies is None:
-            self._cookies = parse_cookies(self.headers.get("Cookie", ""))
-        value = self._cookies.get(name)
+        value = find_cookie(self.headers.get("Cookie", ""), name)
         return None if value is None else value[:MAX_MATCHED_INPUT]
 
     def query(self, name: str) -> str | None:

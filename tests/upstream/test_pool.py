@@ -8,6 +8,7 @@ bytes each test needs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import gzip
@@ -17,7 +18,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,19 @@ def test_pool_settings_refuse_impossible_limits(changes: dict[str, Any]) -> None
         PoolSettings(**changes)
 
 
+def test_responses_are_built_with_every_field_of_the_dataclass() -> None:
+    # the pool builds its answers without UpstreamResponse.__init__
+    from proxy.upstream.pool import _response
+
+    names = [field.name for field in dataclasses.fields(UpstreamResponse)]
+    assert names == ["status", "reason", "headers", "body"]
+    built = _response(201, "Created", (("A", "1"),), b"x")
+    assert built == UpstreamResponse(201, "Created", (("A", "1"),), b"x")
+    assert type(built) is UpstreamResponse
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.status = 200  # type: ignore[misc]
+
+
 # request writing
 
 
@@ -387,6 +401,43 @@ async def test_bad_method_or_target_is_rejected_before_any_connection(
         pool = make_pool(server.port)
         with pytest.raises(ValueError, match="invalid"):
             await pool.request(method, target, [])
+    assert server.connections == 0
+
+
+async def test_non_ascii_target_and_escaped_bytes_are_written_as_utf8(
+    make_pool: MakePool,
+) -> None:
+    seen: list[bytes] = []
+
+    async def capture(reader: Reader, writer: Writer) -> None:
+        request = await read_request(reader)
+        assert request is not None
+        seen.append(request)
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()
+
+    # aiohttp hands non-UTF-8 request bytes on as surrogate escapes
+    raw_value = b"caf\xe9".decode("utf-8", "surrogateescape")
+    async with RawServer(capture) as server:
+        pool = make_pool(server.port)
+        await pool.request("GET", "/caf\u00e9/\udcff", [("X-Raw", raw_value)])
+
+    assert seen[0] == (
+        b"GET /caf\xc3\xa9/\xff HTTP/1.1\r\n"
+        + f"Host: 127.0.0.1:{server.port}\r\n".encode()
+        + b"X-Raw: caf\xe9\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize("target", ["/a\ud800b", "/\u00e9 x", "/\u00e9\x00"])
+async def test_target_that_cannot_be_written_safely_is_rejected(
+    make_pool: MakePool, target: str
+) -> None:
+    async with RawServer(answering(OK)) as server:
+        pool = make_pool(server.port)
+        with pytest.raises(ValueError, match="invalid request target"):
+            await pool.request("GET", target, [])
     assert server.connections == 0
 
 
@@ -721,6 +772,64 @@ async def test_http10_response_with_keep_alive_is_reused(
     assert server.connections == 1
 
 
+async def test_header_and_reason_bytes_that_are_not_utf8_are_escaped(
+    make_pool: MakePool,
+) -> None:
+    response = (
+        b"HTTP/1.1 200 \xc9t\xe9\r\n"
+        b"X-Latin: caf\xe9\r\n"
+        b"X-Utf8: caf\xc3\xa9\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    )
+    async with RawServer(answering(response)) as server:
+        answer = await get(make_pool(server.port))
+
+    def escaped(raw: bytes) -> str:
+        return raw.decode("utf-8", "surrogateescape")
+
+    assert answer.reason == escaped(b"\xc9t\xe9")
+    assert answer.headers == (
+        ("X-Latin", escaped(b"caf\xe9")),
+        ("X-Utf8", "caf\u00e9"),
+        ("Content-Length", "2"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "refused"),
+    [
+        # 15,000 empty headers take 4 bytes each on the wire, 60 KB in
+        # all, but count 5 each towards the 64 KiB limit
+        (b"A:\r\n" * 15_000, True),
+        (b"X-Padding: " + b"x" * 60_000 + b"\r\n", False),
+    ],
+    ids=["many-small-headers", "one-large-header"],
+)
+async def test_head_limit_counts_headers_of_a_head_arriving_whole(
+    make_pool: MakePool, headers: bytes, refused: bool
+) -> None:
+    response = b"HTTP/1.1 200 OK\r\n" + headers + b"Content-Length: 2\r\n\r\nok"
+    async with RawServer(answering(response)) as server:
+        pool = make_pool(server.port)
+        if refused:
+            with pytest.raises(UpstreamError) as caught:
+                await get(pool)
+            assert caught.value.reason == "too_large"
+        else:
+            assert (await get(pool)).body == b"ok"
+
+
+async def test_small_head_with_a_large_body_in_one_read_is_not_too_large(
+    make_pool: MakePool,
+) -> None:
+    body = b"x" * 200_000
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    async with RawServer(answering(head + body)) as server:
+        response = await get(make_pool(server.port))
+
+    assert response.body == body
+
+
 # stale keep-alive connections
 
 
@@ -865,6 +974,81 @@ async def test_waiting_for_a_free_connection_counts_against_total_timeout(
     assert server.connections == 1
 
 
+async def test_each_request_times_out_at_its_own_deadline(
+    make_pool: MakePool,
+) -> None:
+    async with RawServer(silent) as server:
+        pool = make_pool(server.port, limits(total_timeout=0.3))
+        started = time.monotonic()
+
+        async def later_get() -> float:
+            await asyncio.sleep(0.15)
+            with pytest.raises(UpstreamError) as caught:
+                await get(pool)
+            assert caught.value.reason == "timeout"
+            return time.monotonic() - started
+
+        async def first_get() -> float:
+            with pytest.raises(UpstreamError) as caught:
+                await get(pool)
+            assert caught.value.reason == "timeout"
+            return time.monotonic() - started
+
+        first, later = await asyncio.gather(first_get(), later_get())
+
+    assert 0.25 < first < 0.4
+    assert 0.4 < later < 0.6
+
+
+@pytest.fixture
+def unanswered_port() -> Iterator[int]:
+    """A port whose listener never accepts and whose backlog is full, so
+    that a connect to it hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    yield port
+    for filler in fillers:
+        filler.close()
+    listener.close()
+
+
+@pytest.mark.parametrize(
+    ("connect_timeout", "total_timeout", "cause"),
+    [
+        (0.2, 2.0, "connect not done within 0.2 s"),
+        (2.0, 0.2, "no complete response within 0.2 s"),
+    ],
+    ids=["connect-timeout-first", "total-timeout-first"],
+)
+async def test_hanging_connect_ends_at_the_earlier_timeout(
+    make_pool: MakePool,
+    unanswered_port: int,
+    connect_timeout: float,
+    total_timeout: float,
+    cause: str,
+) -> None:
+    settings = limits(connect_timeout=connect_timeout, total_timeout=total_timeout)
+    pool = make_pool(unanswered_port, settings)
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as caught:
+        await get(pool)
+    elapsed = time.monotonic() - started
+
+    assert caught.value.reason == "timeout"
+    assert cause in str(caught.value)
+    assert 0.15 < elapsed < 1.0
+    assert pool.open_connections == 0
+
+
 async def test_connection_refused_raises_connect_naming_the_origin(
     make_pool: MakePool,
 ) -> None:
@@ -957,6 +1141,79 @@ async def test_idle_connection_past_idle_timeout_is_closed_and_not_reused(
         assert (await get(pool)).body == b"ok"
 
     assert server.connections == 2
+
+
+async def test_requests_beyond_the_cap_are_served_in_arrival_order(
+    make_pool: MakePool,
+) -> None:
+    async def echo_path(reader: Reader, writer: Writer) -> None:
+        while (request := await read_request(reader)) is not None:
+            path = request.split(b" ")[1]
+            await asyncio.sleep(0.02)
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(path)
+            writer.write(head + path)
+            await writer.drain()
+
+    done: list[bytes] = []
+
+    async def fetch(pool: UpstreamPool, i: int) -> None:
+        done.append((await get(pool, f"/{i}")).body)
+
+    async with RawServer(echo_path) as server:
+        pool = make_pool(server.port, limits(max_connections=1))
+        await asyncio.gather(*(fetch(pool, i) for i in range(5)))
+
+    assert done == [b"/0", b"/1", b"/2", b"/3", b"/4"]
+    assert server.connections == 1
+
+
+async def test_cancelled_waiter_gives_up_its_place_and_no_slot_is_lost(
+    make_pool: MakePool,
+) -> None:
+    async with RawServer(keep_answering(OK, delay=0.1)) as server:
+        pool = make_pool(server.port, limits(max_connections=1))
+        first = asyncio.ensure_future(get(pool))
+        await eventually(lambda: server.connections == 1)
+        waiting = asyncio.ensure_future(get(pool))
+        await asyncio.sleep(0.02)
+        waiting.cancel()
+        third = asyncio.ensure_future(get(pool))
+
+        assert (await first).body == b"ok"
+        assert (await third).body == b"ok"
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # the cap of one still admits requests one after another
+        for _ in range(3):
+            assert (await get(pool)).body == b"ok"
+
+    assert server.max_open == 1
+
+
+async def test_slot_handed_to_a_waiter_cancelled_before_it_runs_passes_on(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with RawServer(keep_answering(OK, delay=0.05)) as server:
+        pool = make_pool(server.port, limits(max_connections=1))
+        first = asyncio.ensure_future(get(pool))
+        await eventually(lambda: server.connections == 1)
+        second = asyncio.ensure_future(get(pool))
+        third = asyncio.ensure_future(get(pool))
+        await asyncio.sleep(0.01)
+
+        # cancel the second request just as the first hands it the slot,
+        # before it can run: it must hand the slot on to the third
+        release = UpstreamPool._release_slot
+
+        def release_then_cancel(self: UpstreamPool) -> None:
+            release(self)
+            second.cancel()
+
+        monkeypatch.setattr(UpstreamPool, "_release_slot", release_then_cancel)
+        assert (await first).body == b"ok"
+        assert (await third).body == b"ok"
+        with pytest.raises(asyncio.CancelledError):
+            await second
 
 
 async def test_close_fails_in_flight_and_later_requests_with_connect(

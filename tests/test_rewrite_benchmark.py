@@ -1,0 +1,256 @@
+"""Micro-benchmarks of one event's rewrite, each also a test of its output.
+
+The rewrite is the CPU the proxy spends on a player event besides HTTP:
+recognise the request, enrich its events (match, resolve, apply), render
+the target and body, and compute the upstream headers. Three realistic
+events are measured, each with rules adding all three report fields:
+
+- an mwEmbed v2 ``stats.collect`` GET (values encoded twice);
+- a KAVA ``analytics.trackEvent`` POST with a JSON body;
+- a Python client ``stats.collect`` POST with a JSON body, as recorded in
+  the shared fixtures.
+
+Each benchmark asserts what the rewrite produced, so it is a real test in
+the normal run; it never asserts a time. Compare timings with
+``python -m pytest tests/test_rewrite_benchmark.py --benchmark-only``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+from support import load_records
+
+from proxy.enrich import Enricher
+from proxy.headers import ForwardingPolicy, parse_networks, upstream_headers
+from proxy.kaltura.recognise import RequestKind, recognise
+from proxy.kaltura.session import KsReader
+from proxy.rules.loader import load_rules
+from proxy.rules.model import RuleSet
+
+pytestmark = pytest.mark.benchmark(group="rewrite", max_time=0.5)
+
+PEER = "127.0.0.1"
+
+# A browser on a Moodle course page: the player shares the page's cookies.
+BROWSER_HEADERS = (
+    ("Host", "moodle.example.edu"),
+    ("User-Agent", "Mozilla/5.0"),
+    ("Accept", "*/*"),
+    ("Referer", "https://moodle.example.edu/x"),
+    ("Cookie", "MoodleSession=abc123; MOODLEID1_=x"),
+)
+
+# userId from a cookie, applicationName a value, playbackContext the page.
+BROWSER_RULES = """
+[[rule]]
+name = "bench"
+userId = [{ cookie = "MoodleSession", pattern = '^(\\w+)' }]
+applicationName = [{ value = "Moodle" }]
+playbackContext = [{ page = '/course/(\\d+)' }]
+"""
+
+MWEMBED_TARGET = (
+    "/api_v3/index.php?service=stats&action=collect&apiVersion=3.1.5"
+    "&expiry=86400&clientTag=kwidget%3Av2.101&format=1&ignoreNull=1"
+    "&event:eventType=3&event:clientVer=2.101&event:currentPoint=0"
+    "&event:duration=634&event:eventTimestamp=1764752160123"
+    "&event:isFirstInSession=false&event:objectType=KalturaStatsEvent"
+    "&event:partnerId=1234&event:sessionId=4b7c2a1e-9f3d-4e8a-b1c6-2d5e8f9a0b3c"
+    "&event:uiconfId=23448200&event:widgetId=_1234&event:seek=false"
+    "&event:entryId=0_abcd1234"
+    "&event:referrer=https%253A%252F%252Fmoodle.example.edu%252Fcourse%252F42"
+)
+
+KAVA_TARGET = (
+    "/api_v3/index.php?service=analytics&action=trackEvent&eventType=3"
+    "&partnerId=1234&entryId=0_abcd1234&sessionId=4b7c2a1e-9f3d-4e8a"
+)
+KAVA_BODY = (
+    b'{"eventIndex":3,"referrer":"https://moodle.example.edu/course/42",'
+    b'"deliveryType":"hls","playbackType":"vod","clientVer":"7.37.1",'
+    b'"clientTag":"html5:v7.37.1","position":12.5,"playbackSpeed":1,'
+    b'"playerSkin":"default","uiConfId":23448200,"apiVersion":"3.3.0","format":1}'
+)
+
+# The rules of test_python_client.py: a header the client is told to send.
+PYTHON_CLIENT_RULES = """
+[[rule]]
+name = "python-client"
+when.host = '^127\\.0\\.0\\.1(:\\d+)?$'
+userId = [{ header = "X-Portal-User" }]
+applicationName = [{ value = "PythonClient" }]
+playbackContext = [{ page = 'course/view\\.php\\?id=(\\d+)', table = "courses" }]
+
+[table.courses]
+entries = { "42" = 86401 }
+"""
+PYTHON_CLIENT_LABEL = "py-a2-collect-without-user-fields-no-ks"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One event as the proxy receives it."""
+
+    method: str
+    target: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    @property
+    def host(self) -> str:
+        return self.headers.get("Host", "")
+
+
+@dataclass(frozen=True)
+class Rewritten:
+    """What the rewrite sends upstream."""
+
+    kind: RequestKind
+    added: dict[str, str]
+    target: str
+    body: bytes
+    headers: list[tuple[str, str]]
+
+
+def make_headers(pairs: tuple[tuple[str, str], ...]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+def rules_from(tmp_path: Path, text: str) -> RuleSet:
+    path = tmp_path / "rules.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_rules(path)
+
+
+@pytest.fixture(name="loop")
+def _loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop for the whole benchmark, driven by hand."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+class Rewriter:
+    """The per-event rewrite of the proxy's event path, run synchronously."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, rules: RuleSet) -> None:
+        self._loop = loop
+        self._rules = rules
+        self._enricher = Enricher(ks_reader=KsReader())
+        self._policy = ForwardingPolicy(
+            upstream_host="www.kaltura.com", trusted=parse_networks(["127.0.0.1/32"])
+        )
+
+    def __call__(self, request: Request) -> Rewritten:
+        headers = request.headers
+        recognised = recognise(
+            request.method,
+            request.target,
+            headers.get("Content-Type"),
+            request.body or None,
+        )
+        enrich = self._enricher.enrich(
+            self._rules, recognised, headers=headers, host=request.host
+        )
+        outcomes = self._loop.run_until_complete(enrich)
+        return Rewritten(
+            kind=recognised.kind,
+            added={
+                str(e.field): e.source for outcome in outcomes for e in outcome.added
+            },
+            target=recognised.render_target(),
+            body=recognised.render_body(request.body),
+            headers=upstream_headers(headers, PEER, self._policy, keep_length=False),
+        )
+
+
+ALL_ADDED = {"userId": "cookie", "applicationName": "value", "playbackContext": "page"}
+
+
+def test_benchmark_mwembed_get(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    rewrite = Rewriter(loop, rules_from(tmp_path, BROWSER_RULES))
+    request = Request("GET", MWEMBED_TARGET, make_headers(BROWSER_HEADERS), b"")
+
+    result = benchmark(rewrite, request)
+
+    assert RequestKind.STATS == result.kind
+    assert ALL_ADDED == result.added
+    # the three segments are appended and every other byte is kept
+    expected = "&event:userId=abc123&event:applicationId=Moodle&event:contextId=42"
+    assert MWEMBED_TARGET + expected == result.target
+    assert b"" == result.body
+    assert [
+        ("Host", "www.kaltura.com"),
+        ("User-Agent", "Mozilla/5.0"),
+        ("Accept", "*/*"),
+        ("Referer", "https://moodle.example.edu/x"),
+        ("X-Forwarded-For", PEER),
+        ("X-Forwarded-Proto", "http"),
+        ("X-Forwarded-Host", "moodle.example.edu"),
+    ] == result.headers
+
+
+def test_benchmark_kava_post(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    rewrite = Rewriter(loop, rules_from(tmp_path, BROWSER_RULES))
+    headers = make_headers(
+        (
+            *BROWSER_HEADERS,
+            ("Content-Type", "application/json"),
+            ("Content-Length", "1"),
+        )
+    )
+    request = Request("POST", KAVA_TARGET, headers, KAVA_BODY)
+
+    result = benchmark(rewrite, request)
+
+    assert RequestKind.KAVA == result.kind
+    assert ALL_ADDED == result.added
+    assert KAVA_TARGET == result.target
+    # the body is re-serialised with the three fields added at its end
+    expected = b',"userId":"abc123","application":"Moodle","playbackContext":"42"}'
+    assert KAVA_BODY[:-1] + expected == result.body
+    assert ("Content-Type", "application/json") in result.headers
+    assert "Content-Length" not in dict(result.headers)
+
+
+def test_benchmark_python_client_post(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    (record,) = (
+        r for r in load_records("python-client.jsonl") if r.label == PYTHON_CLIENT_LABEL
+    )
+    rewrite = Rewriter(loop, rules_from(tmp_path, PYTHON_CLIENT_RULES))
+    headers = make_headers((*record.headers, ("X-Portal-User", "jdoe@example.edu")))
+    request = Request(record.method, record.raw_path, headers, record.body)
+
+    result = benchmark(rewrite, request)
+
+    assert RequestKind.STATS == result.kind
+    assert {
+        "userId": "header",
+        "applicationName": "value",
+        "playbackContext": "page",
+    } == result.added
+    assert record.raw_path == result.target
+    # the client's values are all strings, and so are the added ones
+    expected = (
+        b',"userId":"jdoe@example.edu","applicationId":"PythonClient",'
+        b'"contextId":"86401"},'
+    )
+    assert orjson.dumps(orjson.loads(record.body)).replace(b"},", expected) == (
+        result.body
+    )
+    assert ("X-Portal-User", "jdoe@example.edu") in result.headers
+    assert ("Host", "www.kaltura.com") == result.headers[0]
