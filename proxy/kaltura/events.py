@@ -71,7 +71,6 @@ class ParamStore:
     def __init__(
         self,
         params: QueryParams,
-        *,
         event_prefix: str,
         param_prefix: str = "",
         double: bool = False,
@@ -190,14 +189,13 @@ class EventView:
     ``index`` is the sub-request number inside a multirequest.
     """
 
-    __slots__ = ("_names", "api", "index", "primary", "stores")
+    __slots__ = ("_names", "_searched", "api", "index", "primary", "stores")
 
     def __init__(
         self,
         api: Api,
         stores: tuple[Store, ...],
         primary: Store,
-        *,
         index: int | None = None,
     ) -> None:
         self.api = api
@@ -205,6 +203,10 @@ class EventView:
         self.primary = primary
         self.index = index
         self._names = WIRE_NAMES[api]
+        # where set() looks for a key: a last, primary store gets the value
+        # whether it has the key or not, so it need not be searched
+        last_is_primary = bool(stores) and stores[-1] is primary
+        self._searched = stores[:-1] if last_is_primary else stores
 
     def attribute(self, name: str) -> str | None:
         """Event attribute ``name`` (``referrer``, ``entryId``, ...)."""
@@ -234,7 +236,7 @@ class EventView:
     def set(self, field: Field, value: str) -> None:
         """Write ``field``, where it stands or else in the primary store."""
         name = self._names[field]
-        for store in self.stores:
+        for store in self._searched:
             if store.has_event_key(name):
                 store.set_event_value(name, value)
                 return

@@ -190,21 +190,18 @@ def _stats_event(
     params = (query,) if form is None else (query, form)
     double = _is_double_encoded(params)
 
+    # XXX: positional arguments: keyword arguments to a class cost a dict
+    # per call (Python 3.11)
+    event_prefix, param_prefix = prefix + "event:", prefix
     stores: list[Store] = []
     for p in params:
-        store = ParamStore(
-            p,
-            event_prefix=prefix + "event:",
-            param_prefix=prefix,
-            double=double,
-            encoded_keys=p.encoded_keys,
-        )
-        stores.append(store)
+        encoded_keys = p.encoded_keys
+        stores.append(ParamStore(p, event_prefix, param_prefix, double, encoded_keys))
     if json is not None:
         container = json.data if index is None else json.data.get(str(index))
         if isinstance(container, dict):
             stores.append(JsonStore(json, container, nested=True))
-    return EventView(Api.STATS, tuple(stores), stores[-1], index=index)
+    return EventView(Api.STATS, tuple(stores), stores[-1], index)
 
 
 def _kava_event(

@@ -33,7 +33,7 @@ def find_cookie(header: str, name: str) -> str | None:
         key, equals, value = part.partition("=")
         if equals and key.strip() == name:
             value = value.strip()
-            if len(value) > 1 and value[0] == value[-1] == '"':
+            if value.startswith('"') and value.endswith('"') and len(value) > 1:
                 value = value[1:-1]
             return value
     return None
@@ -60,7 +60,6 @@ class SourceContext:
 
     def __init__(
         self,
-        *,
         headers: Mapping[str, str],
         host: str,
         path: str,

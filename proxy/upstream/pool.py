@@ -460,9 +460,8 @@ class _Connection(asyncio.Protocol):
             return
         # XXX: summing every header costs a loop per answer, so it runs
         # only when enough bytes arrived for the head to be over its limit
-        if self._head_bytes > _HEAD_SUM_FROM and _head_size(self._headers) > (
-            _MAX_HEAD_BYTES
-        ):
+        may_be_over = self._head_bytes > _HEAD_SUM_FROM
+        if may_be_over and _head_size(self._headers) > _MAX_HEAD_BYTES:
             self._fail("too_large", _HEAD_TOO_LARGE)
             raise _Abort
         status = self._parser.get_status_code()

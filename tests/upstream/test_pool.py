@@ -974,30 +974,51 @@ async def test_waiting_for_a_free_connection_counts_against_total_timeout(
     assert server.connections == 1
 
 
+async def test_request_still_waiting_for_a_slot_times_out_and_frees_its_place(
+    make_pool: MakePool,
+) -> None:
+    # one connection answering in 0.2 s: the second request times out
+    # while answered, the third while still waiting for the connection
+    async with RawServer(keep_answering(OK, delay=0.2)) as server:
+        settings = limits(max_connections=1, total_timeout=0.3)
+        pool = make_pool(server.port, settings)
+        started = time.monotonic()
+        results = await asyncio.gather(
+            get(pool), get(pool), get(pool), return_exceptions=True
+        )
+        elapsed = time.monotonic() - started
+
+        assert isinstance(results[0], UpstreamResponse)
+        for failed in results[1:]:
+            assert isinstance(failed, UpstreamError)
+            assert failed.reason == "timeout"
+        assert elapsed < 1.0
+        # nothing is left holding the only slot
+        assert (await get(pool)).body == b"ok"
+
+
 async def test_each_request_times_out_at_its_own_deadline(
     make_pool: MakePool,
 ) -> None:
     async with RawServer(silent) as server:
         pool = make_pool(server.port, limits(total_timeout=0.3))
-        started = time.monotonic()
 
-        async def later_get() -> float:
-            await asyncio.sleep(0.15)
+        async def timed_get(delay: float) -> tuple[float, float]:
+            await asyncio.sleep(delay)
+            started = time.monotonic()
             with pytest.raises(UpstreamError) as caught:
                 await get(pool)
             assert caught.value.reason == "timeout"
-            return time.monotonic() - started
+            return started, time.monotonic()
 
-        async def first_get() -> float:
-            with pytest.raises(UpstreamError) as caught:
-                await get(pool)
-            assert caught.value.reason == "timeout"
-            return time.monotonic() - started
+        (start_1, end_1), (start_2, end_2) = await asyncio.gather(
+            timed_get(0.0), timed_get(0.15)
+        )
 
-        first, later = await asyncio.gather(first_get(), later_get())
-
-    assert 0.25 < first < 0.4
-    assert 0.4 < later < 0.6
+    # the later request is not cut short when the first one times out
+    assert 0.25 < end_1 - start_1 < 1.0
+    assert 0.25 < end_2 - start_2 < 1.0
+    assert end_2 - end_1 > 0.1
 
 
 @pytest.fixture
