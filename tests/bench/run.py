@@ -366,10 +366,10 @@ http {{
         }
 
     def soak(self, kstats: Candidate) -> list[tuple[int, float]]:
-        """One million requests to kstats-proxy; RSS at every hundred thousand."""
+        """Many requests to kstats-proxy, with its RSS after each wrk run."""
         marks: list[tuple[int, float]] = []
         sent = 0
-        while sent < 1_000_000:
+        while sent < self.args.soak_requests:
             result = self.wrk(kstats.port, "stats GET", 10)
             sent += int(result["rps"] * 10)
             marks.append((sent, rss_kib(kstats.pid) / 1024))
@@ -426,9 +426,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--stream-mib", type=int, default=1024, help="download size")
-    parser.add_argument(
-        "--soak", action="store_true", help="also 1M requests for memory"
-    )
+    parser.add_argument("--soak", action="store_true", help="also a memory soak")
+    parser.add_argument("--soak-requests", type=int, default=1_000_000)
     args = parser.parse_args()
 
     ensure_tools()
