@@ -84,7 +84,7 @@ def page_url(event: EventView, headers: Mapping[str, str]) -> str | None:
     documentation says its referrer is base64; players send it plain, and
     both are read.
     """
-    referrer = event.referrer
+    referrer = event.attribute("referrer")
     if referrer and not referrer.startswith("http") and event.api is Api.KAVA:
         try:
             decoded = base64.b64decode(referrer, validate=True).decode("utf-8")

@@ -40,10 +40,21 @@ _REPLACED_UPSTREAM: Final = frozenset(
     | {"x-forwarded-host"}
 )
 
+
+def _any_case(names: Iterable[str]) -> CIMultiDict[str]:
+    """``names`` as keys that match any case of themselves.
+
+    XXX: a CIMultiDict folds the case of a name it is asked about in C,
+    and the ``istr`` names of a parsed request carry theirs folded: asking
+    it costs much less than lowering each name to look it up in a set.
+    """
+    return CIMultiDict((name, "") for name in names)
+
+
 # Every request header not copied upstream as it came, before those the
-# ``Connection`` header names; the first set also drops Content-Length.
-_NOT_COPIED: Final = HOP_BY_HOP | _REPLACED_UPSTREAM | {"content-length"}
-_NOT_COPIED_KEEPING_LENGTH: Final = HOP_BY_HOP | _REPLACED_UPSTREAM
+# ``Connection`` header names; the first also drops Content-Length.
+_NOT_COPIED: Final = _any_case(HOP_BY_HOP | _REPLACED_UPSTREAM | {"content-length"})
+_NOT_COPIED_KEEPING_LENGTH: Final = _any_case(HOP_BY_HOP | _REPLACED_UPSTREAM)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -111,6 +122,18 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return frozenset(tokens)
 
 
+def _not_copied(headers: CIMultiDictProxy[str], keep_length: bool) -> CIMultiDict[str]:
+    """The names of the request headers not to copy upstream, in any case."""
+    dropped = _NOT_COPIED_KEEPING_LENGTH if keep_length else _NOT_COPIED
+    if "Connection" in headers:
+        # browsers name only keep-alive, which is dropped anyway
+        named = [token for token in _connection_tokens(headers) if token not in dropped]
+        if named:
+            dropped = dropped.copy()
+            dropped.extend((token, "") for token in named)
+    return dropped
+
+
 def _allowed_cookies(headers: CIMultiDictProxy[str], allowed: frozenset[str]) -> str:
     kept = []
     for header in headers.getall("Cookie", ()):
@@ -133,13 +156,9 @@ def upstream_headers(
     ``keep_length`` keeps the client's ``Content-Length`` (for a body that
     streams through as it came); without it the sender computes its own.
     """
-    dropped = _NOT_COPIED_KEEPING_LENGTH if keep_length else _NOT_COPIED
-    if "Connection" in headers:
-        dropped = dropped | _connection_tokens(headers)
+    dropped = _not_copied(headers, keep_length)
     out: list[tuple[str, str]] = [("Host", policy.upstream_host)]
-    out += [
-        (name, value) for name, value in headers.items() if name.lower() not in dropped
-    ]
+    out += [(name, value) for name, value in headers.items() if name not in dropped]
 
     if policy.forward_cookies:
         cookies = _allowed_cookies(headers, policy.forward_cookies)

@@ -17,6 +17,8 @@ from functools import lru_cache
 from typing import Final
 from urllib.parse import quote, unquote
 
+import orjson
+
 # What JavaScript's encodeURIComponent leaves alone; mwEmbed and the
 # Kaltura clients encode values with it or its equivalent.
 _COMPONENT_SAFE = "-_.!~*'()"
@@ -82,6 +84,27 @@ def decode_uri_component(raw: str) -> str:
     return _recent_unquote(raw) if len(raw) <= _RECENT_MAX_LENGTH else _unquote(raw)
 
 
+def _plain_pairs(raw: str) -> dict[str, str] | None:
+    """The ``key=value`` pairs of ``raw``, last occurrence winning, undecoded.
+
+    None unless every ``&``-separated segment holds exactly one ``=`` and
+    the text holds no quote, backslash or control character.
+
+    XXX: such text is a JSON object once each ``&`` becomes ``","`` and
+    each ``=`` ``":"``, and orjson reads it in C several times faster than
+    a loop over the segments. Any other text breaks the alternation of
+    keys and values, or JSON's rules for strings, and orjson refuses it.
+    """
+    if '"' in raw or "\\" in raw:
+        return None
+    text = '{"' + raw.replace("&", '","').replace("=", '":"') + '"}'
+    try:
+        pairs: dict[str, str] = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return pairs
+
+
 class QueryParams:
     """The parameters of one query string or form body, editable in place.
 
@@ -113,22 +136,17 @@ class QueryParams:
         self._values = self._parse(raw) if raw else {}
 
     def _parse(self, raw: str) -> dict[str, str]:
-        # XXX: most clients write plain keys. Taking every segment apart
-        # first and checking all keys at once after costs much less than
-        # checking each key for escapes as it comes.
-        segments = raw.split("&")
-        values: dict[str, str] = {}
-        for segment in segments:
-            key, _, value = segment.partition("=")
-            values[key] = value
-        keys = "&".join(values)
-        if "%" in keys or "+" in keys or "" in values:
-            return self._parse_encoded_keys(segments)
-        return values
+        values = _plain_pairs(raw)
+        if values is not None:
+            # keys needing no decoding, none of them empty: as they came
+            keys = "&".join(values)
+            if "%" not in keys and "+" not in keys and "" not in values:
+                return values
+        return self._parse_segments(raw)
 
-    def _parse_encoded_keys(self, segments: list[str]) -> dict[str, str]:
+    def _parse_segments(self, raw: str) -> dict[str, str]:
         values: dict[str, str] = {}
-        for segment in segments:
+        for segment in raw.split("&"):
             key, _, value = segment.partition("=")
             if "%" in key or "+" in key:
                 # a client that encodes keys writes event%3AuserId

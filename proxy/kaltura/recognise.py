@@ -107,11 +107,13 @@ def _media_type(content_type: str | None) -> str:
     return content_type.partition(";")[0].strip().lower()
 
 
-def _parse_body(
-    content_type: str | None, body: bytes | None
-) -> tuple[BodyKind, QueryParams | None, JsonDocument | None]:
+ParsedBody = tuple[BodyKind, QueryParams | None, JsonDocument | None]
+_NO_BODY: Final[ParsedBody] = (BodyKind.NONE, None, None)
+
+
+def _parse_body(content_type: str | None, body: bytes | None) -> ParsedBody:
     if not body:
-        return BodyKind.NONE, None, None
+        return _NO_BODY
 
     media_type = _media_type(content_type)
     try:

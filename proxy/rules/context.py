@@ -97,5 +97,5 @@ class SourceContext:
 
     def request_ks_user(self) -> str | None:
         """The real user of the event's own KS, if it has one."""
-        ks = self.event.ks
-        return None if ks is None else self._ks_user(ks)
+        ks = self.event.param("ks")
+        return self._ks_user(ks) if ks else None
