@@ -196,6 +196,27 @@ def test_headers_named_in_connection_are_dropped() -> None:
     assert values(sent, "X-Keep") == ["yes"]
 
 
+def test_dropped_names_match_in_any_case() -> None:
+    sent = sent_upstream(
+        ("KEEP-ALIVE", "timeout=5"),
+        ("content-LENGTH", "3"),
+        ("x-forwarded-FOR", "198.51.100.7"),
+        ("Transfer-encoding", "chunked"),
+        ("X-Keep", "yes"),
+        keep_length=False,
+    )
+    lowered = {name.lower() for name in names(sent)}
+    assert lowered.isdisjoint({"keep-alive", "content-length", "transfer-encoding"})
+    assert values(sent, "X-Keep") == ["yes"]
+    assert values(sent, "X-Forwarded-For") == ["198.51.100.7, " + UNTRUSTED_PEER]
+
+
+def test_a_name_in_one_requests_connection_is_kept_in_the_next_request() -> None:
+    sent_upstream(("Connection", "X-Trace"), ("X-Trace", "abc"))
+    sent = sent_upstream(("Connection", "keep-alive"), ("X-Trace", "def"))
+    assert values(sent, "X-Trace") == ["def"]
+
+
 def test_client_host_is_replaced_by_the_upstream_host() -> None:
     sent = sent_upstream(("Host", "evil.example"), ("Accept", "*/*"))
     assert sent[0] == ("Host", UPSTREAM_HOST)

@@ -226,6 +226,8 @@ class EventView:
 
     def get(self, field: Field) -> str | None:
         """The value the event carries for ``field``; empty means absent."""
+        # XXX: attribute()'s loop, written out: it runs for every field of
+        # every event, and a call costs as much as the loop
         name = self._names[field]
         for store in self.stores:
             value = store.event_value(name)

@@ -80,8 +80,8 @@ def _sanitise_category_id(value: str) -> str | None:
     return str(number) if 0 < number <= MAX_CATEGORY_ID else None
 
 
-# The length limit of each field whose value is text (playbackContext is a
-# number).
+# The longest value of each field that holds text; the other field,
+# playbackContext, holds a category id.
 _TEXT_LIMITS: Final = {
     Field.USER_ID: MAX_USER_ID,
     Field.APPLICATION_NAME: MAX_APPLICATION_NAME,

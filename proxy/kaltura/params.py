@@ -62,7 +62,7 @@ def _unquote(raw: str) -> str:
 
 # XXX: a player sends the same encoded client tag with every event, and
 # the same referrer with every event of a page view: remembering the
-# decodings of recent short values (under 2 MB in all) saves most of the
+# decodings of recent short values (a few MB at most) saves most of the
 # decoding work.
 _RECENT_MAX_LENGTH: Final = 256
 _recent_unquote: Final = lru_cache(maxsize=2048)(_unquote)
@@ -88,7 +88,8 @@ def _plain_pairs(raw: str) -> dict[str, str] | None:
     """The ``key=value`` pairs of ``raw``, last occurrence winning, undecoded.
 
     None unless every ``&``-separated segment holds exactly one ``=`` and
-    the text holds no quote, backslash or control character.
+    the text holds nothing a JSON string cannot (a quote, a backslash, a
+    control character, a lone surrogate).
 
     XXX: such text is a JSON object once each ``&`` becomes ``","`` and
     each ``=`` ``":"``, and orjson reads it in C several times faster than
@@ -118,13 +119,7 @@ class QueryParams:
     makes :meth:`render` rebuild the string.
     """
 
-    __slots__ = (
-        "_appended",
-        "_raw",
-        "_replaced",
-        "_values",
-        "encoded_keys",
-    )
+    __slots__ = ("_appended", "_raw", "_replaced", "_values", "encoded_keys")
 
     def __init__(self, raw: str) -> None:
         self._raw = raw

@@ -107,11 +107,11 @@ def _media_type(content_type: str | None) -> str:
     return content_type.partition(";")[0].strip().lower()
 
 
-ParsedBody = tuple[BodyKind, QueryParams | None, JsonDocument | None]
-_NO_BODY: Final[ParsedBody] = (BodyKind.NONE, None, None)
+_ParsedBody = tuple[BodyKind, QueryParams | None, JsonDocument | None]
+_NO_BODY: Final[_ParsedBody] = (BodyKind.NONE, None, None)
 
 
-def _parse_body(content_type: str | None, body: bytes | None) -> ParsedBody:
+def _parse_body(content_type: str | None, body: bytes | None) -> _ParsedBody:
     if not body:
         return _NO_BODY
 

@@ -61,6 +61,17 @@ def test_form_body_event_gains_fields_in_the_body_not_the_query() -> None:
     assert body + b"&event:userId=a%40b" == recognised.render_body(body)
 
 
+def test_a_value_in_the_query_of_a_form_post_is_rewritten_in_the_query() -> None:
+    target = "/api_v3/index.php?event:userId=mallory"
+    body = b"service=stats&action=collect&event:eventType=3"
+    recognised = recognise("POST", target, "application/x-www-form-urlencoded", body)
+    recognised.events[0].set(Field.USER_ID, "alice")
+    recognised.events[0].set(Field.APPLICATION_NAME, "Moodle")
+
+    assert "/api_v3/index.php?event:userId=alice" == recognised.render_target()
+    assert body + b"&event:applicationId=Moodle" == recognised.render_body(body)
+
+
 def test_json_body_event_is_reserialised_with_the_value_nested() -> None:
     body = orjson.dumps({"format": "2", "event": {"eventType": "3", "partnerId": "1"}})
     recognised = recognise(
