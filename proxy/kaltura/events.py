@@ -110,6 +110,8 @@ class ParamStore:
 
 
 def _json_text(value: Any) -> str | None:
+    if value is None or type(value) is str:
+        return value  # absent, or the common case of a string
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str | int | float):
