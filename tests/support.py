@@ -17,6 +17,43 @@ SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures"
 RULES = REPO / "rules"
 
+# Realistic player traffic shared by the rewrite benchmark and tests/bench.
+MWEMBED_STATS_TARGET = (
+    "/api_v3/index.php?service=stats&action=collect&apiVersion=3.1.5"
+    "&expiry=86400&clientTag=kwidget%3Av2.101&format=1&ignoreNull=1"
+    "&event:eventType=3&event:clientVer=2.101&event:currentPoint=0"
+    "&event:duration=634&event:eventTimestamp=1764752160123"
+    "&event:isFirstInSession=false&event:objectType=KalturaStatsEvent"
+    "&event:partnerId=1234&event:sessionId=4b7c2a1e-9f3d-4e8a-b1c6-2d5e8f9a0b3c"
+    "&event:uiconfId=23448200&event:widgetId=_1234&event:seek=false"
+    "&event:entryId=0_abcd1234"
+    "&event:referrer=https%253A%252F%252Fmoodle.example.edu%252Fcourse%252F42"
+)
+KAVA_TARGET = (
+    "/api_v3/index.php?service=analytics&action=trackEvent&eventType=3"
+    "&partnerId=1234&entryId=0_abcd1234&sessionId=4b7c2a1e-9f3d-4e8a"
+)
+KAVA_BODY = (
+    b'{"eventIndex":3,"referrer":"https://moodle.example.edu/course/42",'
+    b'"deliveryType":"hls","playbackType":"vod","clientVer":"7.37.1",'
+    b'"clientTag":"html5:v7.37.1","position":12.5,"playbackSpeed":1,'
+    b'"playerSkin":"default","uiConfId":23448200,"apiVersion":"3.3.0","format":1}'
+)
+
+# Rules for the real Python client's traffic: a header the client is told
+# to send, a value, and the course page mapped to a category.
+PYTHON_CLIENT_RULES = """
+[[rule]]
+name = "python-client"
+when.host = '^127\\.0\\.0\\.1(:\\d+)?$'
+userId = [{ header = "X-Portal-User" }]
+applicationName = [{ value = "PythonClient" }]
+playbackContext = [{ page = 'course/view\\.php\\?id=(\\d+)', table = "courses" }]
+
+[table.courses]
+entries = { "42" = 86401 }
+"""
+
 
 def request_bytes(
     record: TrafficRecord, extra_headers: tuple[tuple[str, str], ...] = ()

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import pytest
 from KalturaClient import KalturaClient, KalturaConfiguration
 from KalturaClient.Plugins.Core import KalturaStatsEvent, KalturaStatsEventType
+from support import PYTHON_CLIENT_RULES
 
 from proxy.kaltura.ks import AdminSecrets, make_ks_v1, make_ks_v2
 from proxy.standin import RecordedRequest
@@ -33,17 +34,7 @@ HEADER_USER = "jdoe@example.edu"
 COURSE_PAGE = "https://moodle.example.edu/course/view.php?id=42"
 COURSE_CATEGORY = "86401"
 
-RULES = """
-[[rule]]
-name = "python-client"
-when.host = '^127\\.0\\.0\\.1(:\\d+)?$'
-userId = [{ header = "X-Portal-User" }]
-applicationName = [{ value = "PythonClient" }]
-playbackContext = [{ page = 'course/view\\.php\\?id=(\\d+)', table = "courses" }]
-
-[table.courses]
-entries = { "42" = 86401 }
-"""
+RULES = PYTHON_CLIENT_RULES
 
 T = TypeVar("T")
 

@@ -30,7 +30,13 @@ from typing import Any, NamedTuple
 import orjson
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
-from support import load_records
+from support import (
+    KAVA_BODY,
+    KAVA_TARGET,
+    MWEMBED_STATS_TARGET,
+    PYTHON_CLIENT_RULES,
+    load_records,
+)
 
 from proxy.enrich import Enricher, EventOutcome
 from proxy.headers import ForwardingPolicy, parse_networks, upstream_headers
@@ -61,41 +67,7 @@ applicationName = [{ value = "Moodle" }]
 playbackContext = [{ page = '/course/(\\d+)' }]
 """
 
-MWEMBED_TARGET = (
-    "/api_v3/index.php?service=stats&action=collect&apiVersion=3.1.5"
-    "&expiry=86400&clientTag=kwidget%3Av2.101&format=1&ignoreNull=1"
-    "&event:eventType=3&event:clientVer=2.101&event:currentPoint=0"
-    "&event:duration=634&event:eventTimestamp=1764752160123"
-    "&event:isFirstInSession=false&event:objectType=KalturaStatsEvent"
-    "&event:partnerId=1234&event:sessionId=4b7c2a1e-9f3d-4e8a-b1c6-2d5e8f9a0b3c"
-    "&event:uiconfId=23448200&event:widgetId=_1234&event:seek=false"
-    "&event:entryId=0_abcd1234"
-    "&event:referrer=https%253A%252F%252Fmoodle.example.edu%252Fcourse%252F42"
-)
 
-KAVA_TARGET = (
-    "/api_v3/index.php?service=analytics&action=trackEvent&eventType=3"
-    "&partnerId=1234&entryId=0_abcd1234&sessionId=4b7c2a1e-9f3d-4e8a"
-)
-KAVA_BODY = (
-    b'{"eventIndex":3,"referrer":"https://moodle.example.edu/course/42",'
-    b'"deliveryType":"hls","playbackType":"vod","clientVer":"7.37.1",'
-    b'"clientTag":"html5:v7.37.1","position":12.5,"playbackSpeed":1,'
-    b'"playerSkin":"default","uiConfId":23448200,"apiVersion":"3.3.0","format":1}'
-)
-
-# The rules of test_python_client.py: a header the client is told to send.
-PYTHON_CLIENT_RULES = """
-[[rule]]
-name = "python-client"
-when.host = '^127\\.0\\.0\\.1(:\\d+)?$'
-userId = [{ header = "X-Portal-User" }]
-applicationName = [{ value = "PythonClient" }]
-playbackContext = [{ page = 'course/view\\.php\\?id=(\\d+)', table = "courses" }]
-
-[table.courses]
-entries = { "42" = 86401 }
-"""
 PYTHON_CLIENT_LABEL = "py-a2-collect-without-user-fields-no-ks"
 
 
@@ -185,7 +157,7 @@ def test_benchmark_mwembed_get(
     benchmark: Any, loop: asyncio.AbstractEventLoop, tmp_path: Path
 ) -> None:
     rewrite = Rewriter(loop, rules_from(tmp_path, BROWSER_RULES))
-    request = Request("GET", MWEMBED_TARGET, make_headers(BROWSER_HEADERS), b"")
+    request = Request("GET", MWEMBED_STATS_TARGET, make_headers(BROWSER_HEADERS), b"")
 
     result = benchmark(rewrite, request)
 
@@ -193,7 +165,7 @@ def test_benchmark_mwembed_get(
     assert ALL_ADDED == result.added
     # the three segments are appended and every other byte is kept
     expected = "&event:userId=abc123&event:applicationId=Moodle&event:contextId=42"
-    assert MWEMBED_TARGET + expected == result.target
+    assert MWEMBED_STATS_TARGET + expected == result.target
     assert b"" == result.body
     assert [
         ("Host", "www.kaltura.com"),

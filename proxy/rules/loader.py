@@ -410,7 +410,8 @@ class _Loader:
             if key in spec:
                 self.problem(
                     f"{where}.{key}",
-                    f"{key!r} sources are not supported by this version of kstats-proxy",
+                    f"{key!r} sources are not supported by this version "
+                    "of kstats-proxy",
                 )
                 return None
         self.unknown_keys(where, spec, (*_READERS, *_MODIFIERS))
@@ -419,7 +420,8 @@ class _Loader:
         if len(readers) != 1:
             self.problem(
                 where,
-                f"expected exactly one of {', '.join(_READERS)}, got {readers or 'none'}",
+                f"expected exactly one of {', '.join(_READERS)}, "
+                f"got {readers or 'none'}",
             )
             return None
         kind = readers[0]

@@ -44,29 +44,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # tests/support.py: the shared traffic
+
+from support import KAVA_BODY as KAVA_BODY_BYTES  # noqa: E402
+from support import KAVA_TARGET, MWEMBED_STATS_TARGET  # noqa: E402
+
 PROXY_CORE, LOAD_CORE = "0", "1"
 
-STATS_PATH = (
-    "/api_v3/index.php?service=stats&action=collect&apiVersion=3.1.5"
-    "&expiry=86400&clientTag=kwidget%3Av2.101&format=1&ignoreNull=1"
-    "&event:eventType=3&event:clientVer=2.101&event:currentPoint=0"
-    "&event:duration=634&event:eventTimestamp=1764752160123"
-    "&event:isFirstInSession=false&event:objectType=KalturaStatsEvent"
-    "&event:partnerId=1234&event:sessionId=4b7c2a1e-9f3d-4e8a-b1c6-2d5e8f9a0b3c"
-    "&event:uiconfId=23448200&event:widgetId=_1234&event:seek=false"
-    "&event:entryId=0_abcd1234"
-    "&event:referrer=https%253A%252F%252Fmoodle.example.edu%252Fcourse%252F42"
-)
-KAVA_PATH = (
-    "/api_v3/index.php?service=analytics&action=trackEvent&eventType=3"
-    "&partnerId=1234&entryId=0_abcd1234&sessionId=4b7c2a1e-9f3d-4e8a"
-)
-KAVA_BODY = (
-    '{"eventIndex":3,"referrer":"https://moodle.example.edu/course/42",'
-    '"deliveryType":"hls","playbackType":"vod","clientVer":"7.37.1",'
-    '"clientTag":"html5:v7.37.1","position":12.5,"playbackSpeed":1,'
-    '"playerSkin":"default","uiConfId":23448200,"apiVersion":"3.3.0","format":1}'
-)
+STATS_PATH, KAVA_PATH = MWEMBED_STATS_TARGET, KAVA_TARGET
+KAVA_BODY = KAVA_BODY_BYTES.decode()
 HEADERS = {
     "Host": "moodle.example.edu",
     "User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120.0",
