@@ -27,6 +27,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from proxy.accesslog import AccessLog
 from proxy.enrich import Enricher, EventOutcome
 from proxy.headers import (
     ForwardingPolicy,
@@ -42,7 +43,6 @@ from proxy.rules.model import RuleSet
 from proxy.upstream.pool import Origin, PoolSettings, UpstreamError, UpstreamPool
 from proxy.upstream.stream import StreamFailure, StreamingForwarder
 
-access_logger = logging.getLogger("kstats.access")
 logger = logging.getLogger("kstats.proxy")
 
 # Bodies of these media types may hold an event and are read whole when
@@ -159,10 +159,12 @@ class ProxyApp:
         *,
         metrics: Metrics,
         ks_reader: KsReader,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.settings = settings
         self.rules = rules
         self.metrics = metrics
+        self.access_log = access_log or AccessLog.from_logging()
 
         origin = Origin.from_url(settings.upstream_url)
         self._forwarding = ForwardingPolicy(
@@ -187,6 +189,7 @@ class ProxyApp:
     async def close(self) -> None:
         await self._pool.close()
         await self._streamer.close()
+        self.access_log.flush()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Run one request through recognise, enrich, forward and record."""
@@ -392,26 +395,19 @@ class ProxyApp:
             for enrichment in outcome.enrichments:
                 child(metrics.enrichments, enrichment.field, enrichment.source).inc()
 
-        if access_logger.isEnabledFor(logging.INFO):
-            access_logger.info(
-                "%s %s %s",
-                method,
-                kind,
-                status,
-                extra={
-                    "fields": {
-                        "method": method,
-                        "kind": str(kind),
-                        "status": status,
-                        "client": client_address(
-                            peer, headers.get("X-Forwarded-For"), self._forwarding
-                        ),
-                        "events": len(outcomes),
-                        "rules": sorted({r for o in outcomes for r in o.matched}),
-                        "added": [
-                            f"{e.field}:{e.source}" for o in outcomes for e in o.added
-                        ],
-                        "enrich_ms": round(enrich_seconds * 1000, 3),
-                    }
+        if self.access_log.enabled:
+            self.access_log.write(
+                f"{method} {kind} {status}",
+                {
+                    "method": method,
+                    "kind": str(kind),
+                    "status": status,
+                    "client": client_address(
+                        peer, headers.get("X-Forwarded-For"), self._forwarding
+                    ),
+                    "events": len(outcomes),
+                    "rules": sorted({r for o in outcomes for r in o.matched}),
+                    "added": [f"{e.field}:{e.source}" for o in outcomes for e in o.added],
+                    "enrich_ms": round(enrich_seconds * 1000, 3),
                 },
             )

@@ -11,9 +11,50 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from enum import Enum
 from typing import Any
 
 import orjson
+
+
+class LogStyle(Enum):
+    """How log lines are written: ``--log-format``."""
+
+    JSON = "json"
+    TEXT = "text"
+
+
+_style = LogStyle.JSON
+
+
+def current_style() -> LogStyle:
+    """The style :func:`configure_logging` last set."""
+    return _style
+
+
+# time stamps change once a second: the formatted second is kept
+_json_second: tuple[int, str] = (-1, "")
+_text_second: tuple[int, str] = (-1, "")
+
+
+def json_time(created: float) -> str:
+    """``created`` as UTC ISO 8601 with milliseconds: 2026-12-03T12:00:00.123Z."""
+    global _json_second
+    second = int(created)
+    if second != _json_second[0]:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _json_second = (second, text)
+    return f"{_json_second[1]}.{int((created - second) * 1000):03d}Z"
+
+
+def text_time(created: float) -> str:
+    """``created`` in local time as logging's ``asctime`` writes it."""
+    global _text_second
+    second = int(created)
+    if second != _text_second[0]:
+        text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        _text_second = (second, text)
+    return f"{_text_second[1]},{int((created - second) * 1000):03d}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,8 +62,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": json_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -50,9 +90,16 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "info", log_format: str = "json") -> None:
-    """Send every ``kstats`` and ``aiohttp`` logger to standard error."""
+    """Send every ``kstats`` and ``aiohttp`` logger to standard error.
+
+    Access lines have a writer of their own (:mod:`proxy.accesslog`) that
+    follows the level and format set here.
+    """
+    global _style
+    _style = LogStyle(log_format)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    formatter = JsonFormatter() if _style is LogStyle.JSON else TextFormatter()
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
