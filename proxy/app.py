@@ -302,20 +302,20 @@ class ProxyApp:
         except ValueError as error:
             # a request the pool refuses to write (control bytes in it)
             logger.info("refused to forward a %s request: %s", kind, error)
-            self.metrics.child(self.metrics.rejected, "bad_request").inc()
+            self.metrics.rejected.inc("bad_request")
             return _plain_answer(400, "Bad Request", "invalid request\n")
         except UpstreamError as error:
             # TODO: events are lost here while the upstream is down; a
             # durable spool that answers the player and replays later
             # would keep them.
-            self.metrics.child(self.metrics.upstream_failures, error.reason).inc()
+            self.metrics.upstream_failures.inc(error.reason)
             logger.warning("upstream failed for a %s request: %s", kind, error)
             if error.reason == "timeout":
                 return _plain_answer(504, "Gateway Timeout", "upstream unavailable\n")
             return _plain_answer(502, "Bad Gateway", "upstream unavailable\n")
 
         seconds = time.perf_counter() - started
-        self.metrics.child(self.metrics.upstream_duration, kind).observe(seconds)
+        self.metrics.upstream_duration.observe(seconds, kind)
         return EventAnswer(
             answer.status,
             answer.reason,
@@ -348,7 +348,7 @@ class ProxyApp:
                 body_complete=complete,
             )
         except StreamFailure as error:
-            self.metrics.upstream_failures.labels(reason=error.reason).inc()
+            self.metrics.upstream_failures.inc(error.reason)
             if error.reason == "reset":
                 raise  # the answer had begun: only dropping the connection is left
             logger.warning("upstream failed for a %s request: %s", kind, error)
@@ -356,7 +356,7 @@ class ProxyApp:
             response = _plain(status, "upstream unavailable\n")
         else:
             seconds = time.perf_counter() - started
-            self.metrics.upstream_duration.labels(kind=kind).observe(seconds)
+            self.metrics.upstream_duration.observe(seconds, kind)
         self._record(
             request.method,
             request.remote,
@@ -369,8 +369,8 @@ class ProxyApp:
         return response
 
     def _reject(self, reason: str, status: int, text: str) -> web.Response:
-        self.metrics.rejected.labels(reason=reason).inc()
-        self.metrics.requests.labels(kind=RequestKind.OTHER, code=str(status)).inc()
+        self.metrics.rejected.inc(reason)
+        self.metrics.requests.inc(RequestKind.OTHER, status)
         return _plain(status, text)
 
     def _record(
@@ -384,16 +384,15 @@ class ProxyApp:
         enrich_seconds: float,
     ) -> None:
         metrics = self.metrics
-        child = metrics.child
-        child(metrics.requests, kind, str(status)).inc()
+        metrics.requests.inc(kind, status)
         for outcome in outcomes:
             event = outcome.event
             label = event_type_label(event.api, event.event_type)
-            child(metrics.events, event.api, label).inc()
+            metrics.events.inc(event.api, label)
             for rule in outcome.matched:
-                child(metrics.rule_matches, rule).inc()
+                metrics.rule_matches.inc(rule)
             for enrichment in outcome.enrichments:
-                child(metrics.enrichments, enrichment.field, enrichment.source).inc()
+                metrics.enrichments.inc(enrichment.field, enrichment.source)
 
         if self.access_log.enabled:
             self.access_log.write(
@@ -407,7 +406,9 @@ class ProxyApp:
                     ),
                     "events": len(outcomes),
                     "rules": sorted({r for o in outcomes for r in o.matched}),
-                    "added": [f"{e.field}:{e.source}" for o in outcomes for e in o.added],
+                    "added": [
+                        f"{e.field}:{e.source}" for o in outcomes for e in o.added
+                    ],
                     "enrich_ms": round(enrich_seconds * 1000, 3),
                 },
             )

@@ -5,14 +5,26 @@ fresh one each time. Labels are bounded: kinds, codes, field names, source
 kinds, rule names (from the operator's files) and reasons, never a user,
 entry, session, path or address. Event types outside Kaltura's enums are
 counted as ``other``.
+
+The counters and histograms the request path moves are plain integers in
+dictionaries (:class:`CounterFamily`, :class:`HistogramFamily`), turned
+into Prometheus samples only when ``/metrics`` is read. prometheus-client's
+own metric objects take a lock and check their state on every increment,
+which cost more than a tenth of the event path; here every increment and
+every scrape run on the event loop's thread, so no lock is needed. Metrics
+that move rarely (the rules in use) stay prometheus-client objects.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+import bisect
+from collections.abc import Hashable, Iterator
+from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from proxy.kaltura.fields import Api
 
@@ -27,7 +39,7 @@ _KAVA_EVENT_TYPES: Final = frozenset(
 )
 
 # Upstream answers are fast when Kaltura is healthy; the tail shows trouble.
-_LATENCY_BUCKETS: Final = (
+LATENCY_BUCKETS: Final = (
     0.005,
     0.01,
     0.025,
@@ -48,63 +60,151 @@ def event_type_label(api: Api, event_type: str | None) -> str:
     return event_type if event_type in known else "other"
 
 
-class Metrics:
+class CounterFamily:
+    """A counter with labels, counted in a dictionary of integers.
+
+    ``inc(*labels)`` adds one to the sample of those label values, in the
+    order of ``label_names``; label values are turned into text when the
+    metric is read (an enum's text is its value).
+    """
+
+    __slots__ = ("counts", "documentation", "label_names", "name")
+
+    def __init__(self, name: str, documentation: str, label_names: tuple[str, ...]):
+        self.name = name
+        self.documentation = documentation
+        self.label_names = label_names
+        self.counts: dict[tuple[Hashable, ...], int] = {}
+
+    def inc(self, *labels: Hashable) -> None:
+        counts = self.counts
+        counts[labels] = counts.get(labels, 0) + 1
+
+    def value(self, *labels: Hashable) -> int:
+        """The count for those label values, 0 before the first."""
+        return self.counts.get(labels, 0)
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            self.name, self.documentation, labels=self.label_names
+        )
+        for labels, count in list(self.counts.items()):
+            family.add_metric([str(label) for label in labels], count)
+        return family
+
+
+class HistogramFamily:
+    """A histogram with labels: per label values, bucket counts and a sum."""
+
+    __slots__ = ("_bounds", "_le", "documentation", "label_names", "name", "samples")
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label_names: tuple[str, ...],
+        buckets: tuple[float, ...],
+    ):
+        self.name = name
+        self.documentation = documentation
+        self.label_names = label_names
+        self._bounds = buckets
+        # the ``le`` labels, written as prometheus-client writes them
+        self._le = [_le_label(bound) for bound in buckets] + ["+Inf"]
+        # per label values: a count per bucket (the last is +Inf), then the sum
+        self.samples: dict[tuple[Hashable, ...], list[float]] = {}
+
+    def observe(self, value: float, *labels: Hashable) -> None:
+        sample = self.samples.get(labels)
+        if sample is None:
+            sample = self.samples[labels] = [0.0] * (len(self._bounds) + 2)
+        # the first bucket whose upper bound is at or above the value
+        sample[bisect.bisect_left(self._bounds, value)] += 1
+        sample[-1] += value
+
+    def count(self, *labels: Hashable) -> int:
+        """How many values were observed with those label values."""
+        sample = self.samples.get(labels)
+        return 0 if sample is None else int(sum(sample[:-1]))
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(
+            self.name, self.documentation, labels=self.label_names
+        )
+        for labels, sample in list(self.samples.items()):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip(self._le, sample[:-1], strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric(
+                [str(label) for label in labels], buckets, sum_value=sample[-1]
+            )
+        return family
+
+
+def _le_label(bound: float) -> str:
+    return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
+
+
+class Metrics(Collector):
     """The proxy's metrics, registered in ``registry``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._children: dict[tuple[Any, ...], Any] = {}
-        self.requests = Counter(
+        self.requests = CounterFamily(
             "kstats_requests",
             "Requests answered, by kind and HTTP status.",
-            ["kind", "code"],
-            registry=registry,
+            ("kind", "code"),
         )
-        self.events = Counter(
+        self.events = CounterFamily(
             "kstats_events",
             "Player statistics events seen, by API and event type.",
-            ["api", "event_type"],
-            registry=registry,
+            ("api", "event_type"),
         )
-        self.enrichments = Counter(
+        self.enrichments = CounterFamily(
             "kstats_enrichments",
             "How each report field of each event was settled: the source of "
             "its value, 'event' when the player sent it, 'none' when still "
             "missing, 'invalid' for each rejected value.",
-            ["field", "source"],
-            registry=registry,
+            ("field", "source"),
         )
-        self.rule_matches = Counter(
+        self.rule_matches = CounterFamily(
             "kstats_rule_matches",
             "Events a rule's conditions matched.",
-            ["rule"],
-            registry=registry,
+            ("rule",),
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = HistogramFamily(
             "kstats_upstream_request_duration_seconds",
             "Time from sending a request upstream to its answer's last byte.",
-            ["kind"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
+            ("kind",),
+            LATENCY_BUCKETS,
         )
-        self.upstream_failures = Counter(
+        self.upstream_failures = CounterFamily(
             "kstats_upstream_failures",
             "Upstream requests that failed, by reason.",
-            ["reason"],
-            registry=registry,
+            ("reason",),
         )
-        self.rejected = Counter(
+        self.rejected = CounterFamily(
             "kstats_rejected_requests",
             "Requests the proxy refused itself, by reason.",
-            ["reason"],
-            registry=registry,
+            ("reason",),
         )
-        self.rules_reloads = Counter(
+        self.rules_reloads = CounterFamily(
             "kstats_rules_reloads",
             "Rules loads after start, by result.",
-            ["result"],
-            registry=registry,
+            ("result",),
         )
+        self._families = (
+            self.requests,
+            self.events,
+            self.enrichments,
+            self.rule_matches,
+            self.upstream_duration,
+            self.upstream_failures,
+            self.rejected,
+            self.rules_reloads,
+        )
+        registry.register(self)
         self.rules_info = Gauge(
             "kstats_rules_info",
             "The rule set in use (value 1), by the hash of its files.",
@@ -112,17 +212,9 @@ class Metrics:
             registry=registry,
         )
 
-    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
-        """``metric.labels(*labels)``, looked up once per label set.
-
-        prometheus-client validates and hashes labels on every call; the
-        label sets here are few and bounded, so their children are kept.
-        """
-        key = (id(metric), *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        for family in self._families:
+            yield family.family()
 
     def set_rules(self, digest: str) -> None:
         """Point ``kstats_rules_info`` at the rule set now in use."""
