@@ -196,7 +196,8 @@ class Download:
     seconds: float
 
 
-async def download(url: str) -> Download:
+async def download(url: str, pause_after: int | None = None) -> Download:
+    """Download ``url``; with ``pause_after``, stop reading for 2 s there."""
     digest = hashlib.sha256()
     size = 0
     timeout = aiohttp.ClientTimeout(total=None, sock_read=30)
@@ -207,11 +208,14 @@ async def download(url: str) -> Download:
             async for chunk in response.content.iter_chunked(256 * 1024):
                 digest.update(chunk)
                 size += len(chunk)
+                if pause_after is not None and size >= pause_after:
+                    pause_after = None
+                    await asyncio.sleep(2)
         return Download(size, digest.hexdigest(), time.perf_counter() - started)
 
 
 async def stream_through_proxy_process(
-    tmp_path: Path, total: int, max_growth: int
+    tmp_path: Path, total: int, max_growth: int, pause_after: int | None = None
 ) -> None:
     upstream_script = tmp_path / "upstream.py"
     upstream_script.write_text(UPSTREAM_SCRIPT)
@@ -247,7 +251,7 @@ async def stream_through_proxy_process(
 
         url = f"http://127.0.0.1:{port}/p/1234/serveFlavor/{total}.mp4"
         with RssSampler(proxy.pid).running() as sampler:
-            received = await download(url)
+            received = await download(url, pause_after)
 
         sent_line = read_line(upstream, 30).split()
         assert sent_line[:2] == ["sent", str(total)]
@@ -272,6 +276,17 @@ async def test_256_mib_download_streams_exact_bytes_in_flat_memory(
     tmp_path: Path,
 ) -> None:
     await stream_through_proxy_process(tmp_path, 256 * MIB, max_growth=48 * MIB)
+
+
+@pytest.mark.timeout(300)
+async def test_a_player_that_stops_reading_holds_the_proxy_to_a_small_read_ahead(
+    tmp_path: Path,
+) -> None:
+    # the upstream could send the rest in the pause; the proxy reads on
+    # only as far as its buffers allow
+    await stream_through_proxy_process(
+        tmp_path, 64 * MIB, max_growth=8 * MIB, pause_after=8 * MIB
+    )
 
 
 @pytest.mark.slow

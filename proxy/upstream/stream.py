@@ -24,7 +24,10 @@ from proxy.headers import response_headers
 
 logger = logging.getLogger("kstats.upstream")
 
-CHUNK_SIZE: Final = 64 * 1024
+# How much of a streamed answer is read ahead of the player, at most
+# twice this (aiohttp pauses reading there): larger reads mean fewer
+# trips through the event loop per megabyte.
+READ_BUFFER: Final = 256 * 1024
 
 
 class StreamFailure(Exception):
@@ -78,6 +81,7 @@ class StreamingForwarder:
                 connector=connector,
                 timeout=self._timeout,
                 auto_decompress=False,
+                read_bufsize=READ_BUFFER,
                 # send only the headers the player sent, not aiohttp's own
                 skip_auto_headers=(
                     "User-Agent",
@@ -148,7 +152,7 @@ class StreamingForwarder:
             )
             await response.prepare(request)
             try:
-                async for chunk in upstream.content.iter_chunked(CHUNK_SIZE):
+                async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
             except (TimeoutError, aiohttp.ClientError) as error:
                 # the status line is out already: cut the player's connection
