@@ -252,11 +252,11 @@ def test_pool_settings_refuse_impossible_limits(changes: dict[str, Any]) -> None
 
 def test_responses_are_built_with_every_field_of_the_dataclass() -> None:
     # the pool builds its answers without UpstreamResponse.__init__
-    from proxy.upstream.pool import _response
+    from proxy.upstream.model import build_response
 
     names = [field.name for field in dataclasses.fields(UpstreamResponse)]
     assert names == ["status", "reason", "headers", "body"]
-    built = _response(201, "Created", (("A", "1"),), b"x")
+    built = build_response(201, "Created", (("A", "1"),), b"x")
     assert built == UpstreamResponse(201, "Created", (("A", "1"),), b"x")
     assert type(built) is UpstreamResponse
     with pytest.raises(dataclasses.FrozenInstanceError):
