@@ -2,8 +2,8 @@
 
 Run from the repository root (as root, so it can install nginx and wrk)::
 
-    python tests/bench/run.py                # about 4 minutes
-    python tests/bench/run.py --soak         # plus one million requests
+    python tests/bench/run.py                # about 8 minutes
+    python tests/bench/run.py --soak         # plus one million requests (3-4 min)
 
 In one run on one machine it starts, all on 127.0.0.1:
 
