@@ -85,6 +85,7 @@ class _Loader:
         self.kaltura: KalturaSettings | None = None
         self.kaltura_origin = ""
         self.digest = hashlib.sha256()
+        self.inputs: list[str] = []  # every file read, for reloads
 
     def problem(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")
@@ -115,6 +116,7 @@ class _Loader:
     # -- files --------------------------------------------------------------
 
     def read_document(self, path: Path) -> dict[str, Any] | None:
+        self.inputs.append(str(path))
         try:
             data = path.read_bytes()
         except OSError as error:
@@ -192,6 +194,7 @@ class _Loader:
 
     def csv_rows(self, where: str, path: Path) -> list[tuple[str, Any]] | None:
         """Two columns, key then value; blank lines and ``#`` lines skipped."""
+        self.inputs.append(str(path))
         try:
             data = path.read_bytes()
             text = data.decode("utf-8-sig")
@@ -524,5 +527,6 @@ def load_rules(path: Path | str) -> RuleSet:
         kaltura=loader.kaltura or KalturaSettings(),
         tables=MappingProxyType(loader.tables),
         files=tuple(str(file) for file in files),
+        inputs=tuple(dict.fromkeys(loader.inputs)),
         digest=loader.digest.hexdigest()[:12],
     )

@@ -87,8 +87,10 @@ class KalturaSettings:
 class RuleSet:
     """Everything one load of the rules files produced.
 
-    ``digest`` is a short hash of the files' names and bytes, exported as
-    the ``hash`` label of ``kstats_rules_info``.
+    ``files`` are the rules files, ``inputs`` every file read (rules files
+    and the table files they name). ``digest`` is a short hash of the
+    files' names and bytes, exported as the ``hash`` label of
+    ``kstats_rules_info``.
     """
 
     rules: tuple[Rule, ...]
@@ -96,3 +98,4 @@ class RuleSet:
     tables: Mapping[str, Mapping[str, str]]
     files: tuple[str, ...]
     digest: str
+    inputs: tuple[str, ...] = ()
