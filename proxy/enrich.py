@@ -14,6 +14,11 @@ playbackContext:
 
 Every rule is matched, and every source read, before the first value is
 written, so the outcome never depends on what another rule wrote.
+
+Last, a ``stats.collect`` event that leaves with a userId but no KS would
+still be counted as "Unknown" by the reports pipeline (PROTOCOL.md 1.5):
+unless ``[kaltura] widget_ks = false``, it gets a widget KS for its
+partner, when one can be had.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from proxy.kaltura.params import QueryParams
 from proxy.kaltura.recognise import Recognised
 from proxy.kaltura.session import KsReader
 from proxy.rules.context import SourceContext
-from proxy.rules.model import Policy, Rule, RuleSet
+from proxy.rules.model import KalturaSettings, Policy, Rule, RuleSet
+from proxy.rules.remote import Services, event_partner
 
 # The ``source`` label values that are not a rule source's kind.
 SOURCE_EVENT = "event"
@@ -70,6 +76,8 @@ class EventOutcome:
     page: str | None
     matched: tuple[str, ...]
     enrichments: list[Enrichment] = field(default_factory=list)
+    widget_ks: bool = False  # a widget KS was attached
+    context: SourceContext | None = None
 
     @property
     def added(self) -> list[Enrichment]:
@@ -98,8 +106,11 @@ def page_url(event: EventView, headers: Mapping[str, str]) -> str | None:
 class Enricher:
     """Resolves and applies the report fields of a request's events."""
 
-    def __init__(self, *, ks_reader: KsReader) -> None:
+    def __init__(
+        self, *, ks_reader: KsReader, services: Services | None = None
+    ) -> None:
         self._ks_reader = ks_reader
+        self._services = services
 
     async def enrich(
         self,
@@ -114,6 +125,7 @@ class Enricher:
         if recognised.form is not None:
             params = (recognised.query, recognised.form)
         path, ks_user = recognised.path, self._ks_reader.user
+        services = self._services
 
         # match and resolve everything against the request as it came
         outcomes = []
@@ -121,9 +133,12 @@ class Enricher:
             page = page_url(event, headers)
             # XXX: positional arguments: keyword arguments to a class cost a
             # dict per call (Python 3.11)
-            context = SourceContext(headers, host, path, params, event, page, ks_user)
+            context = SourceContext(
+                headers, host, path, params, event, page, ks_user, services
+            )
             matched = [rule for rule in rules.rules if rule.when.matches(context)]
             outcome = EventOutcome(event, page, tuple([r.name for r in matched]))
+            outcome.context = context
             for report_field in FIELDS:
                 await self._resolve(report_field, context, matched, outcome)
             outcomes.append(outcome)
@@ -134,6 +149,11 @@ class Enricher:
             for enrichment in outcome.enrichments:
                 if enrichment.value is not None:
                     event.set(enrichment.field, enrichment.value)
+
+        # an event with a user and no KS: a widget KS, so the user counts
+        if services is not None and rules.kaltura.widget_ks:
+            for outcome in outcomes:
+                await _attach_widget_ks(services, rules.kaltura, outcome)
         return outcomes
 
     async def _resolve(
@@ -175,3 +195,20 @@ class Enricher:
 
         settled = SOURCE_EVENT if existing is not None else SOURCE_NONE
         record(Enrichment(report_field, settled))
+
+
+async def _attach_widget_ks(
+    services: Services, kaltura: KalturaSettings, outcome: EventOutcome
+) -> None:
+    event = outcome.event
+    if event.api is not Api.STATS or event.ks is not None:
+        return
+    if event.get(Field.USER_ID) is None or outcome.context is None:
+        return
+    partner = event_partner(outcome.context, kaltura)
+    if partner is None:
+        return
+    ks = await services.widget_ks(kaltura, partner)
+    if ks is not None:
+        event.set_param("ks", ks)
+        outcome.widget_ks = True

@@ -189,6 +189,13 @@ class Metrics(Collector):
             "Requests the proxy refused itself, by reason.",
             ("reason",),
         )
+        self.source_calls = CounterFamily(
+            "kstats_source_calls",
+            "Asks of network sources (lookup, category, entry_category, "
+            "widget_ks), by how they were answered: hit (a kept answer), "
+            "shared (another ask's call), called, failed, timeout, no_secret.",
+            ("source", "outcome"),
+        )
         self.rules_reloads = CounterFamily(
             "kstats_rules_reloads",
             "Rules loads after start, by result.",
@@ -202,6 +209,7 @@ class Metrics(Collector):
             self.upstream_duration,
             self.upstream_failures,
             self.rejected,
+            self.source_calls,
             self.rules_reloads,
         )
         registry.register(self)

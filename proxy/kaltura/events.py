@@ -55,6 +55,9 @@ class Store(Protocol):
     def param(self, name: str) -> str | None:
         """A request-level parameter such as ``ks`` or ``clientTag``."""
 
+    def set_param(self, name: str, value: str) -> None:
+        """Write request-level parameter ``name`` for this event's call."""
+
 
 class ParamStore:
     """Event values in a query string or form body.
@@ -107,6 +110,11 @@ class ParamStore:
         if value is None and self._param_prefix and name in _COMMON_PARAMS:
             value = self.params.get(name)
         return value
+
+    def set_param(self, name: str, value: str) -> None:
+        key = self._param_prefix + name
+        raw_key = key.replace(":", "%3A") if self._encoded_keys else key
+        self.params.set_raw(key, encode_component(value), raw_key=raw_key)
 
 
 def _json_text(value: Any) -> str | None:
@@ -182,6 +190,10 @@ class JsonStore:
             value = _json_text(self._root.get(name))
         return value
 
+    def set_param(self, name: str, value: str) -> None:
+        self._container[name] = value
+        self._document.changed = True
+
 
 class EventView:
     """One player event of a request, as the rules see and edit it.
@@ -245,6 +257,10 @@ class EventView:
                 store.set_event_value(name, value)
                 return
         self.primary.set_event_value(name, value)
+
+    def set_param(self, name: str, value: str) -> None:
+        """Give this event's call request-level parameter ``name``."""
+        self.primary.set_param(name, value)
 
     @property
     def ks(self) -> str | None:

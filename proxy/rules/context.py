@@ -11,10 +11,13 @@ Serves step 2 (match) and step 3 (resolve).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from proxy.kaltura.events import EventView
 from proxy.kaltura.params import QueryParams
+
+if TYPE_CHECKING:
+    from proxy.rules.remote import Services
 
 # Inputs longer than this are cut before a rule's regex sees them, so no
 # request can make a pattern run for long (SPEC section 7).
@@ -46,6 +49,7 @@ class SourceContext:
     referrer, else the HTTP ``Referer`` header, cut to
     :data:`MAX_MATCHED_INPUT` characters. ``ks_user`` reads the user out of
     a KS string and is shared with the rest of the proxy's KS cache.
+    ``services`` make the calls of network sources; None in a dry run.
     """
 
     __slots__ = (
@@ -56,6 +60,7 @@ class SourceContext:
         "page",
         "params",
         "path",
+        "services",
     )
 
     def __init__(
@@ -67,6 +72,7 @@ class SourceContext:
         event: EventView,
         page: str | None,
         ks_user: Callable[[str], str | None],
+        services: Services | None = None,
     ) -> None:
         self.headers = headers
         self.host = host[:MAX_MATCHED_INPUT]
@@ -75,6 +81,7 @@ class SourceContext:
         self.event = event
         self.page = None if page is None else page[:MAX_MATCHED_INPUT]
         self._ks_user = ks_user
+        self.services = services
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)
@@ -83,6 +90,22 @@ class SourceContext:
     def cookie(self, name: str) -> str | None:
         value = find_cookie(self.headers.get("Cookie", ""), name)
         return None if value is None else value[:MAX_MATCHED_INPUT]
+
+    def cookies(self, names: tuple[str, ...]) -> list[tuple[str, str]]:
+        """The request's cookies of these names, in the header's order.
+
+        A name ending in ``*`` takes every cookie with that prefix (a
+        SharePoint token split over ``FedAuth``, ``FedAuth1``, ...).
+        """
+        exact = {name for name in names if not name.endswith("*")}
+        prefixes = tuple(name[:-1] for name in names if name.endswith("*"))
+        found = []
+        for part in self.headers.get("Cookie", "").split(";"):
+            key, equals, value = part.partition("=")
+            key = key.strip()
+            if equals and key and (key in exact or key.startswith(prefixes or ("\0",))):
+                found.append((key, value.strip()))
+        return found
 
     def query(self, name: str) -> str | None:
         for params in self.params:

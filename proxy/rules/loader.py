@@ -39,7 +39,15 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from proxy.kaltura.fields import FIELDS, Field
-from proxy.rules.model import Condition, KalturaSettings, Policy, Rule, RuleSet
+from proxy.rules.model import (
+    Condition,
+    KalturaSettings,
+    LookupSettings,
+    Policy,
+    Rule,
+    RuleSet,
+)
+from proxy.rules.remote import CategorySource, EntryCategorySource, LookupSource
 from proxy.rules.sources import (
     Decoding,
     LocalSource,
@@ -54,12 +62,24 @@ from proxy.rules.sources import (
 )
 
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# a cookie name (an RFC 6265 token), or a prefix of one ending in "*"
+_COOKIE_NAME: Final = re.compile(r"[!#$%&'+.^_`|~0-9A-Za-z-]+\*?")
 _READERS: Final = ("value", "page", "header", "cookie", "query", "ks")
 _MODIFIERS: Final = ("pattern", "decode", "table")
 
-# Sources that need a service the proxy calls; they are named so that a
-# rules file using them gets a clear message instead of "unknown key".
-_NETWORK_SOURCES: Final = ("lookup", "category", "entry_category")
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_LOOKUP_KEYS: Final = (
+    "url",
+    "forward_cookies",
+    "field",
+    "pattern",
+    "headers",
+    "ttl",
+    "negative_ttl",
+    "timeout",
+    "max_entries",
+)
 
 
 class RulesError(Exception):
@@ -86,6 +106,7 @@ class _Loader:
         self.kaltura_origin = ""
         self.digest = hashlib.sha256()
         self.inputs: list[str] = []  # every file read, for reloads
+        self.lookups: dict[str, LookupSettings] = {}
 
     def problem(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")
@@ -133,13 +154,133 @@ class _Loader:
 
     def check_top_level(self, path: Path, document: Mapping[str, Any]) -> None:
         for key in document:
-            if key == "lookup":
-                self.problem(
-                    f"{path}: [lookup]",
-                    "lookups are not supported by this version of kstats-proxy",
-                )
-            elif key not in ("rule", "table", "kaltura"):
+            if key not in ("rule", "table", "kaltura", "lookup"):
                 self.problem(str(path), f"unknown top-level key {key!r}")
+
+    def duration(self, where: str, value: Any, default: float) -> float:
+        """``"300ms"``, ``"30s"``, ``"10m"``, ``"1h"``, or a number of seconds."""
+        if value is None:
+            return default
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+            if match is None:
+                self.problem(
+                    where,
+                    f"expected a duration such as '300ms', '30s', '10m' or '1h', "
+                    f"got {_show(value)}",
+                )
+                return default
+            seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+        if seconds < 0:
+            self.problem(where, f"expected a duration of 0 or more, got {_show(value)}")
+            return default
+        return seconds
+
+    # -- [lookup.NAME] ------------------------------------------------------
+
+    def load_lookups(self, path: Path, document: Mapping[str, Any]) -> None:
+        lookups = document.get("lookup", {})
+        if not isinstance(lookups, dict):
+            self.problem(f"{path}: lookup", "expected [lookup.NAME] sections")
+            return
+        for name, spec in lookups.items():
+            where = f"{path}: lookup {name!r}"
+            if name in self.lookups:
+                self.problem(where, "defined twice")
+            elif not isinstance(spec, dict):
+                self.problem(where, "expected a table with 'url', 'forward_cookies'")
+            else:
+                settings = self.lookup(where, name, spec)
+                if settings is not None:
+                    self.lookups[name] = settings
+
+    def lookup(
+        self, where: str, name: str, spec: Mapping[str, Any]
+    ) -> LookupSettings | None:
+        self.unknown_keys(where, spec, _LOOKUP_KEYS)
+        problems_before = len(self.problems)
+
+        url = spec.get("url")
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            self.problem(f"{where}: url", f"expected an http(s) URL, got {_show(url)}")
+
+        cookies = spec.get("forward_cookies")
+        if (
+            not isinstance(cookies, list)
+            or not cookies
+            or not all(
+                isinstance(c, str) and _COOKIE_NAME.fullmatch(c) for c in cookies
+            )
+        ):
+            self.problem(
+                f"{where}: forward_cookies",
+                f"expected a list of cookie names (a trailing '*' takes a prefix), "
+                f"got {_show(cookies)}",
+            )
+            cookies = []
+
+        field_path: tuple[str, ...] = ()
+        raw_field = spec.get("field")
+        if not isinstance(raw_field, str) or not all(raw_field.split(".")):
+            self.problem(
+                f"{where}: field",
+                f"expected a key of the JSON answer such as 'username' or "
+                f"'d.LoginName', got {_show(raw_field)}",
+            )
+        else:
+            field_path = tuple(raw_field.split("."))
+
+        pattern = None
+        if "pattern" in spec:
+            pattern = self.regex(f"{where}: pattern", spec["pattern"])
+
+        headers: list[tuple[str, str]] = []
+        raw_headers = spec.get("headers", {})
+        if not isinstance(raw_headers, dict) or not all(
+            isinstance(v, str) and "\r" not in v and "\n" not in v
+            for v in raw_headers.values()
+        ):
+            self.problem(
+                f"{where}: headers",
+                f"expected a table of header = value, got {_show(raw_headers)}",
+            )
+        else:
+            headers = list(raw_headers.items())
+
+        max_entries = spec.get("max_entries", 10_000)
+        if (
+            isinstance(max_entries, bool)
+            or not isinstance(max_entries, int)
+            or (max_entries < 1)
+        ):
+            self.problem(
+                f"{where}: max_entries",
+                f"expected a positive integer, got {_show(max_entries)}",
+            )
+            max_entries = 10_000
+
+        settings = LookupSettings(
+            name=name,
+            url=url if isinstance(url, str) else "",
+            forward_cookies=tuple(cookies),
+            field_path=field_path,
+            pattern=pattern,
+            headers=tuple(headers),
+            ttl=self.duration(f"{where}: ttl", spec.get("ttl"), 600.0),
+            negative_ttl=self.duration(
+                f"{where}: negative_ttl", spec.get("negative_ttl"), 30.0
+            ),
+            timeout=self.duration(f"{where}: timeout", spec.get("timeout"), 0.3),
+            max_entries=max_entries,
+        )
+        if settings.timeout == 0:
+            self.problem(f"{where}: timeout", "expected a duration above 0")
+        if len(self.problems) > problems_before:
+            return None
+        return settings
 
     # -- [table.NAME] -------------------------------------------------------
 
@@ -409,15 +550,13 @@ class _Loader:
                 where, f"expected a table such as {{ value = ... }}, got {_show(spec)}"
             )
             return None
-        for key in _NETWORK_SOURCES:
-            if key in spec:
-                self.problem(
-                    f"{where}.{key}",
-                    f"{key!r} sources are not supported by this version "
-                    "of kstats-proxy",
-                )
-                return None
-        self.unknown_keys(where, spec, (*_READERS, *_MODIFIERS))
+        if "entry_category" in spec:
+            return self.entry_category(where, spec)
+        network = [key for key in ("lookup", "category") if key in spec]
+        if len(network) > 1:
+            self.problem(where, "give at most one of 'lookup' and 'category'")
+            return None
+        self.unknown_keys(where, spec, (*_READERS, *_MODIFIERS, *network))
 
         readers = [key for key in _READERS if key in spec]
         if len(readers) != 1:
@@ -460,7 +599,59 @@ class _Loader:
 
         if read is None or (kind == "page" and pattern is None):
             return None
+        if "lookup" in network:
+            return self.lookup_source(where, kind, spec, LocalSource(kind, read), table)
+        if "category" in network:
+            template = self.string(f"{where}.category", spec["category"])
+            if template is None:
+                return None
+            local = LocalSource(kind, read, pattern, decode)
+            return CategorySource(local, template, self.kaltura_settings, table)
         return LocalSource(kind, read, pattern, decode, table)
+
+    @property
+    def kaltura_settings(self) -> KalturaSettings:
+        return self.kaltura or KalturaSettings()
+
+    def lookup_source(
+        self,
+        where: str,
+        kind: str,
+        spec: Mapping[str, Any],
+        trigger: LocalSource,
+        table: Mapping[str, str] | None,
+    ) -> Source | None:
+        if kind not in ("cookie", "header"):
+            self.problem(
+                f"{where}.lookup",
+                f"a lookup is made for a cookie or a header, not a {kind!r} source",
+            )
+            return None
+        for key in ("pattern", "decode"):
+            if key in spec:
+                self.problem(
+                    f"{where}.{key}",
+                    "a lookup's answer is refined in its [lookup] section "
+                    "('pattern'), not in the source",
+                )
+                return None
+        settings = self.lookups.get(spec["lookup"])
+        if settings is None:
+            self.problem(f"{where}.lookup", f"no lookup named {_show(spec['lookup'])}")
+            return None
+        return LookupSource(trigger, settings, table)
+
+    def entry_category(self, where: str, spec: Mapping[str, Any]) -> Source | None:
+        self.unknown_keys(where, spec, ("entry_category", "table"))
+        prefix = self.string(f"{where}.entry_category", spec["entry_category"])
+        table = None
+        if "table" in spec:
+            table = self.tables.get(spec["table"])
+            if table is None:
+                self.problem(f"{where}.table", f"no table named {_show(spec['table'])}")
+        if prefix is None or ("table" in spec and table is None):
+            return None
+        return EntryCategorySource(prefix, self.kaltura_settings, table)
 
     def reader(self, where: str, kind: str, value: Any) -> Reader | None:
         if kind == "value":
@@ -514,6 +705,7 @@ def load_rules(path: Path | str) -> RuleSet:
             loader.check_top_level(file, document)
             loader.load_tables(file, document)
             loader.load_kaltura(file, document)
+            loader.load_lookups(file, document)
 
     rules: list[Rule] = []
     for file, document in documents:
@@ -528,5 +720,6 @@ def load_rules(path: Path | str) -> RuleSet:
         tables=MappingProxyType(loader.tables),
         files=tuple(str(file) for file in files),
         inputs=tuple(dict.fromkeys(loader.inputs)),
+        lookups=MappingProxyType(loader.lookups),
         digest=loader.digest.hexdigest()[:12],
     )

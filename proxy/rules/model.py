@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from proxy.kaltura.fields import Field
@@ -84,6 +84,32 @@ class KalturaSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LookupSettings:
+    """A ``[lookup.NAME]``: how to ask the legacy application who the viewer is.
+
+    The proxy sends ``GET url`` carrying only the request's cookies named
+    in ``forward_cookies`` (a name ending in ``*`` takes every cookie with
+    that prefix) and the fixed ``headers``; from a 200 JSON answer it takes
+    the value at ``field`` (dotted: ``d.LoginName``, kept as ``field_path``), then the first group
+    of ``pattern`` when one is given. 401, 403 and 404 mean "nobody";
+    anything else is a failure. Answers are kept ``ttl`` seconds, nobodies
+    and failures ``negative_ttl``, at most ``max_entries``; a caller waits at
+    most ``timeout`` seconds.
+    """
+
+    name: str
+    url: str
+    forward_cookies: tuple[str, ...]
+    field_path: tuple[str, ...]
+    pattern: re.Pattern[str] | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    ttl: float = 600.0
+    negative_ttl: float = 30.0
+    timeout: float = 0.3
+    max_entries: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
 class RuleSet:
     """Everything one load of the rules files produced.
 
@@ -99,3 +125,4 @@ class RuleSet:
     files: tuple[str, ...]
     digest: str
     inputs: tuple[str, ...] = ()
+    lookups: Mapping[str, LookupSettings] = field(default_factory=dict)

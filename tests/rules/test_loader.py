@@ -77,6 +77,11 @@ def test_table_files_are_read_relative_to_the_rules_file(tmp_path: Path) -> None
     assert {"42": "86091", "43": "86092"} == dict(load_rules(path).tables["courses"])
 
 
+LOOKUP = (
+    '[lookup.who]\nurl = "https://moodle.example.edu/local/whoami/"\n'
+    'forward_cookies = ["S"]\nfield = "username"\n'
+)
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -149,9 +154,69 @@ def test_table_files_are_read_relative_to_the_rules_file(tmp_path: Path) -> None
             "r.toml: table 't': entry 'a': expected a string or integer, got True",
         ),
         (
-            '[[rule]]\nname = "m"\nplaybackContext = [{ lookup = "who" }]\n',
-            "r.toml: rule 'm': playbackContext[1].lookup: 'lookup' sources are not "
-            "supported by this version of kstats-proxy",
+            '[[rule]]\nname = "m"\nuserId = [{ cookie = "S", lookup = "who" }]\n',
+            "r.toml: rule 'm': userId[1].lookup: no lookup named 'who'",
+        ),
+        (
+            '[[rule]]\nname = "m"\nuserId = [{ page = "x", lookup = "who" }]\n'
+            + LOOKUP,
+            "r.toml: rule 'm': userId[1].lookup: a lookup is made for a cookie or a "
+            "header, not a 'page' source",
+        ),
+        (
+            '[[rule]]\nname = "m"\n'
+            'userId = [{ cookie = "S", lookup = "who", pattern = "x" }]\n' + LOOKUP,
+            "r.toml: rule 'm': userId[1].pattern: a lookup's answer is refined in its "
+            "[lookup] section",
+        ),
+        (
+            '[lookup.who]\nurl = "moodle/whoami"\nforward_cookies = ["S"]\n'
+            'field = "username"\n',
+            "r.toml: lookup 'who': url: expected an http(s) URL, got 'moodle/whoami'",
+        ),
+        (
+            '[lookup.who]\nurl = "https://m/w"\nforward_cookies = "S"\n'
+            'field = "username"\n',
+            "r.toml: lookup 'who': forward_cookies: expected a list of cookie names",
+        ),
+        (
+            '[lookup.who]\nurl = "https://m/w"\nforward_cookies = ["S"]\n'
+            'field = "d..x"\n',
+            "r.toml: lookup 'who': field: expected a key of the JSON answer",
+        ),
+        (
+            LOOKUP + 'ttl = "10 minutes"\n',
+            "r.toml: lookup 'who': ttl: expected a duration such as '300ms', '30s', "
+            "'10m' or '1h', got '10 minutes'",
+        ),
+        (
+            LOOKUP + 'timeout = "0s"\n',
+            "r.toml: lookup 'who': timeout: expected a duration above 0",
+        ),
+        (
+            LOOKUP + "retries = 3\n",
+            "r.toml: lookup 'who': unknown key 'retries'",
+        ),
+        (
+            '[[rule]]\nname = "m"\nplaybackContext = [{ category = "A>{1}" }]\n',
+            "r.toml: rule 'm': playbackContext[1]: expected exactly one of value, "
+            "page, header, cookie, query, ks, got none",
+        ),
+        (
+            '[[rule]]\nname = "m"\n'
+            'playbackContext = [{ page = "id=(\\\\d+)", category = 7 }]\n',
+            "r.toml: rule 'm': playbackContext[1].category: expected a non-empty "
+            "string, got 7",
+        ),
+        (
+            '[[rule]]\nname = "m"\nplaybackContext = [{ entry_category = "" }]\n',
+            "r.toml: rule 'm': playbackContext[1].entry_category: expected a "
+            "non-empty string, got ''",
+        ),
+        (
+            '[[rule]]\nname = "m"\n'
+            'playbackContext = [{ entry_category = "A>", page = "x" }]\n',
+            "r.toml: rule 'm': playbackContext[1]: unknown key 'page'",
         ),
     ],
 )
