@@ -37,8 +37,10 @@ from proxy.headers import (
     upstream_headers,
 )
 from proxy.kaltura.recognise import Recognised, RequestKind, is_api_path, recognise
+from proxy.kaltura.ks import NO_SECRETS, AdminSecrets
 from proxy.kaltura.session import KsReader
 from proxy.metrics import Metrics, event_type_label
+from proxy.remote import RemoteServices
 from proxy.rules.model import RuleSet
 from proxy.upstream.pool import Origin, PoolSettings, UpstreamError, UpstreamPool
 from proxy.upstream.stream import StreamFailure, StreamingForwarder
@@ -160,6 +162,7 @@ class ProxyApp:
         metrics: Metrics,
         ks_reader: KsReader,
         access_log: AccessLog | None = None,
+        admin_secrets: AdminSecrets = NO_SECRETS,
     ) -> None:
         self.settings = settings
         self.rules = rules
@@ -172,7 +175,13 @@ class ProxyApp:
             trusted=parse_networks(settings.trusted_proxies),
             forward_cookies=settings.forward_cookies,
         )
-        self._enricher = Enricher(ks_reader=ks_reader)
+        # the calls of network sources, and their caches, outlive reloads
+        self.services = RemoteServices(
+            upstream_url=settings.upstream_url,
+            admin_secrets=admin_secrets,
+            metrics=metrics,
+        )
+        self._enricher = Enricher(ks_reader=ks_reader, services=self.services)
         self._pool = UpstreamPool(origin, settings.pool)
         self._streamer = StreamingForwarder(
             settings.upstream_url,
@@ -189,6 +198,7 @@ class ProxyApp:
     async def close(self) -> None:
         await self._pool.close()
         await self._streamer.close()
+        await self.services.close()
         self.access_log.flush()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:

@@ -12,6 +12,13 @@ real server does, and records every request it receives:
   else ``INVALID_KS``; it returns ``true``;
 - ``multirequest`` answers each sub-request in order;
 - ``analytics.trackEvent`` answers ``{"time": ..., "viewEventsEnabled": true}``;
+- ``session.startWidgetSession`` (``widgetId=_<partnerId>``) answers a
+  widget KS: user ``0``, type 0, privileges ``view:*,widget:1``
+  (PROTOCOL.md 3.4);
+- ``category.list`` (filters ``fullNameEqual``, ``idIn``) and
+  ``categoryEntry.list`` (filter ``entryIdEqual``) answer list responses
+  from the categories it was given, and need an admin KS (type 2) of the
+  partner, signed with its secret when the stand-in knows one;
 - answers are in the requested ``format``: 1 JSON, 2 XML (the default),
   9 JSONP with the query's ``callback``.
 
@@ -29,7 +36,14 @@ from urllib.parse import parse_qsl, unquote_plus
 import orjson
 from aiohttp import web
 
-from proxy.kaltura.ks import NO_SECRETS, AdminSecrets, parse_ks
+from proxy.kaltura.ks import (
+    NO_SECRETS,
+    SESSION_TYPE_ADMIN,
+    AdminSecrets,
+    KalturaSession,
+    make_ks_v1,
+    parse_ks,
+)
 
 _CALLBACK: Final = re.compile(r"[0-9_a-zA-Z.]*")
 
@@ -110,6 +124,9 @@ class StandIn:
 
     secrets: AdminSecrets = NO_SECRETS
     received: list[RecordedRequest] = field(default_factory=list)
+    # category id -> full name, and entry id -> the ids of its categories
+    categories: dict[int, str] = field(default_factory=dict)
+    entry_categories: dict[str, list[int]] = field(default_factory=dict)
 
     def call(self, params: dict[str, Any]) -> Any:
         service = str(params.get("service", "")).lower()
@@ -118,9 +135,94 @@ class StandIn:
             return self._collect(params)
         if service == "analytics" and action == "trackevent":
             return {"time": int(time.time()), "viewEventsEnabled": True}
+        if service == "session" and action == "startwidgetsession":
+            return self._widget_session(params)
+        if service == "category" and action == "list":
+            return self._list_categories(params)
+        if service == "categoryentry" and action == "list":
+            return self._list_category_entries(params)
         raise ApiError(
             "SERVICE_FORBIDDEN", f"the stand-in does not serve {service}.{action}"
         )
+
+    def calls(self, service: str, action: str) -> list[RecordedRequest]:
+        """The requests received for one call, in order."""
+        return [
+            r
+            for r in self.received
+            if str(r.params.get("service", "")).lower() == service.lower()
+            and str(r.params.get("action", "")).lower() == action.lower()
+        ]
+
+    def _widget_session(self, params: dict[str, Any]) -> dict[str, Any]:
+        widget = str(params.get("widgetId", ""))
+        if not widget.startswith("_") or not widget[1:].isdigit():
+            raise ApiError("INVALID_WIDGET_ID", f'Invalid widget id "{widget}"')
+        partner_id = int(widget[1:])
+        secrets = self.secrets.for_partner(partner_id)
+        expiry = int(params.get("expiry") or 86400)
+        ks = make_ks_v1(
+            partner_id=partner_id,
+            secret=secrets[0] if secrets else "stand-in-widget-secret",
+            user_id="0",
+            session_type=0,
+            expiry=int(time.time()) + expiry,
+            privileges="view:*,widget:1",
+        )
+        return {
+            "partnerId": partner_id,
+            "ks": ks,
+            "userId": 0,
+            "objectType": "KalturaStartWidgetSessionResponse",
+        }
+
+    def _admin_session(self, params: dict[str, Any]) -> KalturaSession:
+        ks = str(params.get("ks") or "")
+        session = parse_ks(ks, self.secrets) if ks else None
+        if session is None or not (session.verified or not self.secrets):
+            raise ApiError("INVALID_KS", f'Invalid KS "{ks}"')
+        if session.session_type != SESSION_TYPE_ADMIN:
+            raise ApiError(
+                "SERVICE_FORBIDDEN", "this call needs an admin session (type 2)"
+            )
+        return session
+
+    def _list_categories(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._admin_session(params)
+        filter_ = params.get("filter")
+        filter_ = filter_ if isinstance(filter_, dict) else {}
+        found = sorted(self.categories.items())
+        if "fullNameEqual" in filter_:
+            found = [c for c in found if c[1] == str(filter_["fullNameEqual"])]
+        if "idIn" in filter_:
+            ids = {int(i) for i in str(filter_["idIn"]).split(",") if i.isdigit()}
+            found = [c for c in found if c[0] in ids]
+        objects = [
+            {
+                "id": id_,
+                "name": name.rpartition(">")[2],
+                "fullName": name,
+                "objectType": "KalturaCategory",
+            }
+            for id_, name in found
+        ]
+        return _list_response("KalturaCategoryListResponse", objects)
+
+    def _list_category_entries(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._admin_session(params)
+        filter_ = params.get("filter")
+        entry_id = (
+            str(filter_.get("entryIdEqual", "")) if isinstance(filter_, dict) else ""
+        )
+        objects = [
+            {
+                "categoryId": category_id,
+                "entryId": entry_id,
+                "objectType": "KalturaCategoryEntry",
+            }
+            for category_id in self.entry_categories.get(entry_id, [])
+        ]
+        return _list_response("KalturaCategoryEntryListResponse", objects)
 
     def _collect(self, params: dict[str, Any]) -> bool:
         ks = params.get("ks")
@@ -153,6 +255,10 @@ class StandIn:
             except ApiError as error:
                 results.append(error)
         return results
+
+
+def _list_response(object_type: str, objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"objects": objects, "totalCount": len(objects), "objectType": object_type}
 
 
 def _xml_value(value: Any) -> str:

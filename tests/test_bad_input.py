@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp import web
-from support import RawResponse, send_raw
+from support import RULES, RawResponse, send_raw
 
 from proxy.kaltura.ks import make_ks_v1
 from proxy.serve import RunningProxy
@@ -35,6 +35,30 @@ class Upstream(Protocol):
 
 
 ProxyFactory = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture(name="start_proxy")
+def _start_proxy_without_widget_ks(
+    start_proxy: ProxyFactory, tmp_path_factory: pytest.TempPathFactory
+) -> ProxyFactory:
+    """The shared factory, on the shipped rules with ``widget_ks = false``.
+
+    These tests check that bad input reaches Kaltura byte for byte; a widget
+    KS attached to an event with a user is SPEC 3's business, and has tests
+    of its own (tests/test_widget_ks.py).
+    """
+    rules = tmp_path_factory.mktemp("rules")
+    for shipped in RULES.iterdir():
+        text = shipped.read_text()
+        if shipped.name == "00-kaltura.toml":
+            text = text.replace("[kaltura]\n", "[kaltura]\nwidget_ks = false\n")
+        (rules / shipped.name).write_text(text)
+
+    async def factory(upstream_url: str, **options: object) -> RunningProxy:
+        options.setdefault("rules", rules)
+        return await start_proxy(upstream_url, **options)
+
+    return factory
 
 STATS = "/api_v3/index.php?service=stats&action=collect"
 GOOD_EVENT = f"{STATS}&event:eventType=3&event:partnerId=1234&event:entryId=0_abcdefgh"
@@ -311,6 +335,7 @@ async def test_invalid_ks_in_query_is_passed_on_for_kaltura_to_judge(
 KS_COOKIE_RULES = """\
 [kaltura]
 partner_id = 1234
+widget_ks = false
 
 [[rule]]
 name = "legacy-ks-cookie"

@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 from support import RawResponse, Record, load_records, send_raw
 
 import proxy.standin
-from proxy.kaltura.ks import make_ks_v1
+from proxy.kaltura.ks import make_ks_v1, parse_ks
 from proxy.standin import RecordedRequest
 
 pytestmark = pytest.mark.timeout(30)
@@ -202,8 +202,24 @@ def appended_segments(original: str, received: str, *, had_ks: bool) -> dict[str
     assert rest.startswith("&"), rest
     segments = dict(segment.split("=", 1) for segment in rest[1:].split("&"))
     if not had_ks:
-        segments.pop("ks", None)
+        # the call's own ks, or a multirequest sub-request's ``N:ks``
+        for key in [k for k in segments if k.rpartition(":")[2] == "ks"]:
+            del segments[key]
     return segments
+
+
+def without_widget_ks(received: str, original: str) -> str:
+    """``received`` less the widget KS the proxy appended, if it did.
+
+    Attaching a widget KS to an event with a user and no KS is SPEC 3's
+    business, judged by its own tests (tests/test_widget_ks.py).
+    """
+    head, _, value = received.rpartition("&ks=")
+    if has_ks_segment(original) or not head:
+        return received
+    session = parse_ks(unquote(value))
+    assert session is not None and session.is_widget, value
+    return head
 
 
 def has_ks_segment(target: str) -> bool:
@@ -245,8 +261,12 @@ def expected_json_body(original: bytes, added: PythonAdded) -> dict[str, Any]:
 def received_json_body(request: RecordedRequest, original: bytes) -> dict[str, Any]:
     """The JSON body the stand-in got, less a widget KS the original lacked."""
     document: dict[str, Any] = json.loads(request.body)
-    if "ks" not in json.loads(original):
-        document.pop("ks", None)
+    before: dict[str, Any] = json.loads(original)
+    for key, call in [("", document), *document.items()]:
+        container = before if key == "" else before.get(key)
+        if isinstance(call, dict) and isinstance(container, dict):
+            if "ks" not in container and "ks" not in before:
+                call.pop("ks", None)
     return document
 
 
@@ -413,7 +433,7 @@ async def test_python_record_upstream_json_gains_exactly_the_missing_fields(
     assert received_json_body(received, record.body) == expected_json_body(
         record.body, added
     )
-    if not added:
+    if not added and "ks" in json.loads(record.body):
         assert received.body == record.body
 
 
@@ -534,7 +554,7 @@ async def test_override_policy_replaces_event_user_in_place_double_encoded(
     expected = BLACKBOARD.raw_path.replace(
         BLACKBOARD_USER_SEGMENT, "event:userId=bob.real%2540example.edu"
     )
-    assert received.target == expected
+    assert without_widget_ks(received.target, expected) == expected
     assert received.params["event"]["userId"] == "bob.real%40example.edu"
 
 
@@ -546,7 +566,8 @@ async def test_override_policy_without_a_rule_value_keeps_event_user(
 
     await send_raw(running.ports[0], BLACKBOARD.to_bytes())
 
-    assert only_forwarded(upstream).target == BLACKBOARD.raw_path
+    received = only_forwarded(upstream).target
+    assert without_widget_ks(received, BLACKBOARD.raw_path) == BLACKBOARD.raw_path
 
 
 async def test_override_policy_leaves_a_real_user_ks_and_event_user_alone(
