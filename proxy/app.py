@@ -36,8 +36,8 @@ from proxy.headers import (
     response_headers,
     upstream_headers,
 )
-from proxy.kaltura.recognise import Recognised, RequestKind, is_api_path, recognise
 from proxy.kaltura.ks import NO_SECRETS, AdminSecrets
+from proxy.kaltura.recognise import Recognised, RequestKind, is_api_path, recognise
 from proxy.kaltura.session import KsReader
 from proxy.metrics import Metrics, event_type_label
 from proxy.remote import RemoteServices

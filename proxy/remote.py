@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import aiohttp
@@ -83,28 +84,33 @@ class RemoteServices:
         admin_secrets: AdminSecrets,
         metrics: Metrics,
         kaltura_timeout: float = KALTURA_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._upstream_url = upstream_url
         self._secrets = admin_secrets
         self._metrics = metrics
         self._kaltura_timeout = kaltura_timeout
+        self._clock = clock  # for the caches; tests move it
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, KalturaClient] = {}
         self._lookups: dict[LookupSettings, AnswerCache[str]] = {}
         self._categories: AnswerCache[str] = AnswerCache(
             name="category",
+            clock=clock,
             ttl=_CATEGORY_TTL,
             negative_ttl=_KALTURA_NEGATIVE_TTL,
             max_entries=_KALTURA_MAX_ENTRIES,
         )
         self._entries: AnswerCache[tuple[tuple[str, str], ...]] = AnswerCache(
             name="entry-category",
+            clock=clock,
             ttl=_ENTRY_TTL,
             negative_ttl=_KALTURA_NEGATIVE_TTL,
             max_entries=_KALTURA_MAX_ENTRIES,
         )
         self._widget_sessions: AnswerCache[str] = AnswerCache(
             name="widget-ks",
+            clock=clock,
             ttl=_WIDGET_KS_KEEP,
             negative_ttl=_WIDGET_NEGATIVE_TTL,
             max_entries=1000,
@@ -165,6 +171,7 @@ class RemoteServices:
                 ttl=settings.ttl,
                 negative_ttl=settings.negative_ttl,
                 max_entries=settings.max_entries,
+                clock=self._clock,
             )
 
         # the key is a hash: cookie values are never kept in memory

@@ -60,6 +60,7 @@ def _start_proxy_without_widget_ks(
 
     return factory
 
+
 STATS = "/api_v3/index.php?service=stats&action=collect"
 GOOD_EVENT = f"{STATS}&event:eventType=3&event:partnerId=1234&event:entryId=0_abcdefgh"
 JSON_STATS = "/api_v3/service/stats/action/collect"

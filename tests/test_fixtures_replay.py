@@ -264,9 +264,9 @@ def received_json_body(request: RecordedRequest, original: bytes) -> dict[str, A
     before: dict[str, Any] = json.loads(original)
     for key, call in [("", document), *document.items()]:
         container = before if key == "" else before.get(key)
-        if isinstance(call, dict) and isinstance(container, dict):
-            if "ks" not in container and "ks" not in before:
-                call.pop("ks", None)
+        lacked_ks = isinstance(container, dict) and "ks" not in container
+        if isinstance(call, dict) and lacked_ks and "ks" not in before:
+            call.pop("ks", None)
     return document
 
 

@@ -82,6 +82,7 @@ LOOKUP = (
     'forward_cookies = ["S"]\nfield = "username"\n'
 )
 
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
