@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -60,12 +61,22 @@ from proxy.rules.sources import (
     read_query,
     read_request_ks,
 )
+from proxy.rules.tokens import ASYMMETRIC, SYMMETRIC, TokenClaim, TokenSettings
 
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # a cookie name (an RFC 6265 token), or a prefix of one ending in "*"
 _COOKIE_NAME: Final = re.compile(r"[!#$%&'+.^_`|~0-9A-Za-z-]+\*?")
 _READERS: Final = ("value", "page", "header", "cookie", "query", "ks")
-_MODIFIERS: Final = ("pattern", "decode", "table")
+_MODIFIERS: Final = ("pattern", "decode", "table", "jwt", "claim")
+_TOKEN_KEYS: Final = (
+    "algorithms",
+    "key_file",
+    "key_env",
+    "verify",
+    "audience",
+    "issuer",
+    "leeway",
+)
 
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -107,6 +118,7 @@ class _Loader:
         self.digest = hashlib.sha256()
         self.inputs: list[str] = []  # every file read, for reloads
         self.lookups: dict[str, LookupSettings] = {}
+        self.tokens: dict[str, TokenSettings] = {}
 
     def problem(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")
@@ -154,7 +166,7 @@ class _Loader:
 
     def check_top_level(self, path: Path, document: Mapping[str, Any]) -> None:
         for key in document:
-            if key not in ("rule", "table", "kaltura", "lookup"):
+            if key not in ("rule", "table", "kaltura", "lookup", "jwt"):
                 self.problem(str(path), f"unknown top-level key {key!r}")
 
     def duration(self, where: str, value: Any, default: float) -> float:
@@ -177,6 +189,114 @@ class _Loader:
             self.problem(where, f"expected a duration of 0 or more, got {_show(value)}")
             return default
         return seconds
+
+    # -- [jwt.NAME] ---------------------------------------------------------
+
+    def load_tokens(self, path: Path, document: Mapping[str, Any]) -> None:
+        sections = document.get("jwt", {})
+        if not isinstance(sections, dict):
+            self.problem(f"{path}: jwt", "expected [jwt.NAME] sections")
+            return
+        for name, spec in sections.items():
+            where = f"{path}: jwt {name!r}"
+            if name in self.tokens:
+                self.problem(where, "defined twice")
+            elif not isinstance(spec, dict):
+                self.problem(where, "expected a table with 'algorithms' and a key")
+            else:
+                settings = self.token_settings(where, path, name, spec)
+                if settings is not None:
+                    self.tokens[name] = settings
+
+    def token_settings(
+        self, where: str, path: Path, name: str, spec: Mapping[str, Any]
+    ) -> TokenSettings | None:
+        self.unknown_keys(where, spec, _TOKEN_KEYS)
+        problems_before = len(self.problems)
+
+        algorithms = spec.get("algorithms")
+        known = SYMMETRIC | ASYMMETRIC
+        if (
+            not isinstance(algorithms, list)
+            or not algorithms
+            or not all(a in known for a in algorithms)
+        ):
+            self.problem(
+                f"{where}: algorithms",
+                f"expected a list of {', '.join(sorted(known))}, "
+                f"got {_show(algorithms)}",
+            )
+            algorithms = []
+        elif not (set(algorithms) <= SYMMETRIC or set(algorithms) <= ASYMMETRIC):
+            # one key cannot be both a shared secret and a public key
+            self.problem(
+                f"{where}: algorithms",
+                f"mixes shared-secret (HS) and public-key algorithms: {algorithms}",
+            )
+
+        verify = spec.get("verify", True)
+        if not isinstance(verify, bool):
+            self.problem(
+                f"{where}: verify", f"expected true or false, got {_show(verify)}"
+            )
+            verify = True
+
+        key = self.token_key(where, path, spec) if verify else None
+        if verify and key is None and len(self.problems) == problems_before:
+            self.problem(
+                where,
+                "give 'key_file' or 'key_env' for the signature check "
+                "(or write verify = false)",
+            )
+
+        texts = {}
+        for option in ("audience", "issuer"):
+            value = spec.get(option)
+            if value is not None:
+                texts[option] = self.string(f"{where}: {option}", value)
+
+        leeway = self.duration(f"{where}: leeway", spec.get("leeway"), 0.0)
+        if len(self.problems) > problems_before:
+            return None
+        return TokenSettings(
+            name,
+            tuple(algorithms),
+            key,
+            verify,
+            texts.get("audience"),
+            texts.get("issuer"),
+            leeway,
+        )
+
+    def token_key(self, where: str, path: Path, spec: Mapping[str, Any]) -> str | None:
+        """The key, from a file next to the rules or an environment variable."""
+        if "key_file" in spec and "key_env" in spec:
+            self.problem(where, "give one of 'key_file' and 'key_env', not both")
+            return None
+        if "key_file" in spec:
+            name = self.string(f"{where}: key_file", spec["key_file"])
+            if name is None:
+                return None
+            key_path = path.parent / name
+            self.inputs.append(str(key_path))
+            try:
+                return key_path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as error:
+                self.problem(
+                    f"{where}: key_file", f"cannot read {str(key_path)!r} ({error})"
+                )
+                return None
+        if "key_env" in spec:
+            variable = self.string(f"{where}: key_env", spec["key_env"])
+            if variable is None:
+                return None
+            value = os.environ.get(variable)
+            if not value:
+                self.problem(
+                    f"{where}: key_env", f"environment variable {variable!r} is not set"
+                )
+            return value or None
+        return None
 
     # -- [lookup.NAME] ------------------------------------------------------
 
@@ -590,6 +710,7 @@ class _Loader:
                     f"{where}.decode",
                     f"expected one of {allowed}, got {_show(spec['decode'])}",
                 )
+        token = self.token_claim(where, spec, decode)
 
         table = None
         if "table" in spec:
@@ -607,7 +728,25 @@ class _Loader:
                 return None
             local = LocalSource(kind, read, pattern, decode)
             return CategorySource(local, template, self.kaltura_settings, table)
-        return LocalSource(kind, read, pattern, decode, table)
+        return LocalSource(kind, read, pattern, decode, table, token)
+
+    def token_claim(
+        self, where: str, spec: Mapping[str, Any], decode: Decoding | None
+    ) -> TokenClaim | None:
+        if decode is not Decoding.JWT:
+            for key in ("jwt", "claim"):
+                if key in spec:
+                    self.problem(f"{where}.{key}", "only for decode = 'jwt'")
+            return None
+        if "jwt" not in spec:
+            self.problem(where, "decode = 'jwt' needs jwt = NAME of a [jwt.NAME]")
+            return None
+        settings = self.tokens.get(spec["jwt"])
+        if settings is None:
+            self.problem(f"{where}.jwt", f"no [jwt] section named {_show(spec['jwt'])}")
+            return None
+        claim = self.string(f"{where}.claim", spec.get("claim", "sub"))
+        return None if claim is None else TokenClaim(settings, claim)
 
     @property
     def kaltura_settings(self) -> KalturaSettings:
@@ -706,6 +845,7 @@ def load_rules(path: Path | str) -> RuleSet:
             loader.load_tables(file, document)
             loader.load_kaltura(file, document)
             loader.load_lookups(file, document)
+            loader.load_tokens(file, document)
 
     rules: list[Rule] = []
     for file, document in documents:

@@ -8,8 +8,9 @@ order, each step optional:
    ``ks = "request"`` (the user of the event's own KS);
 2. ``pattern``: a regex searched in the raw value; its first group, or the
    whole match when it has none, goes on;
-3. ``decode``: ``url`` (one level of percent-decoding), ``base64`` or
-   ``ks`` (the user inside a KS held in a cookie or header);
+3. ``decode``: ``url`` (one level of percent-decoding), ``base64``,
+   ``ks`` (the user inside a KS held in a cookie or header) or ``jwt``
+   (a claim of a signed token, :mod:`proxy.rules.tokens`);
 4. ``table``: the result mapped through a lookup table; a miss yields
    nothing.
 
@@ -34,6 +35,7 @@ from typing import ClassVar, Protocol
 
 from proxy.kaltura.params import decode_component
 from proxy.rules.context import SourceContext
+from proxy.rules.tokens import TokenClaim
 
 Reader = Callable[[SourceContext], str | None]
 
@@ -62,6 +64,7 @@ class Decoding(StrEnum):
     URL = "url"
     BASE64 = "base64"
     KS = "ks"
+    JWT = "jwt"
 
 
 def _decode_base64(text: str) -> str | None:
@@ -79,7 +82,9 @@ def decode_value(decoding: Decoding, text: str, context: SourceContext) -> str |
         return decode_component(text)
     if decoding is Decoding.BASE64:
         return _decode_base64(text)
-    return context.ks_user(text)
+    if decoding is Decoding.KS:
+        return context.ks_user(text)
+    return None  # a token needs its section: LocalSource.token
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,7 @@ class LocalSource:
     pattern: re.Pattern[str] | None = None
     decode: Decoding | None = None
     table: Mapping[str, str] | None = None
+    token: TokenClaim | None = None  # for decode = "jwt"
 
     # XXX: a class attribute, not a property: it is read for every source
     # tried, and an attribute costs a fraction of a property call.
@@ -110,8 +116,13 @@ class LocalSource:
             if value is None:
                 return None
 
-        if self.decode is not None:
-            value = decode_value(self.decode, value, context)
+        decoding = self.decode
+        if decoding is not None:
+            if decoding is Decoding.JWT:
+                token = self.token
+                value = None if token is None else token.read(value)
+            else:
+                value = decode_value(decoding, value, context)
             if value is None:
                 return None
 

@@ -100,7 +100,7 @@ LOOKUP = (
         ),
         (
             '[[rule]]\nname = "m"\nuserId = [{ header = "X", decode = "rot13" }]\n',
-            "r.toml: rule 'm': userId[1].decode: expected one of url, base64, ks, "
+            "r.toml: rule 'm': userId[1].decode: expected one of url, base64, ks, jwt, "
             "got 'rot13'",
         ),
         (
