@@ -1,9 +1,11 @@
 """Running the proxy: listeners, signals and an orderly stop.
 
 :func:`run` loads the rules, opens the public and admin listeners and
-serves until SIGTERM or SIGINT. Stopping is phased: readiness turns 503,
-the public listener stops accepting, requests in flight are given the
-grace period to finish, then the upstream connections close.
+serves until SIGTERM or SIGINT, reloading the rules when their files
+change and on SIGHUP (:mod:`proxy.reload`). Stopping is phased: readiness
+turns 503, the public listener stops accepting and the rules watcher
+stops, requests in flight are given the grace period to finish, then the
+upstream connections close.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from proxy.fastpath import EventConnections, event_protocol_factory
 from proxy.kaltura.ks import AdminSecrets
 from proxy.kaltura.session import KsReader
 from proxy.metrics import Metrics
-from proxy.rules.loader import load_rules
+from proxy.reload import RulesWatcher, load_watched
 
 logger = logging.getLogger("kstats.proxy")
 
@@ -40,6 +42,7 @@ class ServeConfig:
     max_line_size: int = 16384
     max_field_size: int = 16384
     grace_period: float = 20.0
+    reload_interval: float = 2.0  # 0: reload on SIGHUP only
 
 
 @dataclass(slots=True)
@@ -53,14 +56,16 @@ class RunningProxy:
     listener: asyncio.Server
     admin: web.AppRunner
     ports: tuple[int, int]
+    watcher: RulesWatcher
 
     async def stop(self, grace_period: float) -> None:
         if self.readiness.draining:
             return  # stopped or stopping already
 
-        # turn readiness off and stop accepting new connections
+        # turn readiness off, stop accepting new connections and reloading
         self.readiness.draining = True
         self.listener.close()
+        await self.watcher.stop()
 
         # let requests in flight finish, then close what is left
         self.connections.close_idle()
@@ -73,7 +78,7 @@ class RunningProxy:
 
 async def start(config: ServeConfig) -> RunningProxy:
     """Load the rules and open both listeners; raises RulesError first."""
-    rules = load_rules(config.rules_path)
+    rules, fingerprint = load_watched(config.rules_path)
 
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
@@ -86,6 +91,7 @@ async def start(config: ServeConfig) -> RunningProxy:
         rules,
         metrics=metrics,
         ks_reader=KsReader(config.admin_secrets),
+        admin_secrets=config.admin_secrets,
     )
     server = web.Server(
         app.handle,
@@ -114,6 +120,14 @@ async def start(config: ServeConfig) -> RunningProxy:
     gc.collect()
     gc.freeze()
 
+    watcher = RulesWatcher(
+        app,
+        config.rules_path,
+        interval=config.reload_interval,
+        fingerprint=fingerprint,
+    )
+    watcher.start()
+
     public_port = listener.sockets[0].getsockname()[1]
     admin_port = admin.addresses[0][1]
     readiness.rules_loaded = True
@@ -128,17 +142,25 @@ async def start(config: ServeConfig) -> RunningProxy:
         config.proxy.upstream_url,
     )
     return RunningProxy(
-        app, readiness, server, connections, listener, admin, (public_port, admin_port)
+        app,
+        readiness,
+        server,
+        connections,
+        listener,
+        admin,
+        (public_port, admin_port),
+        watcher,
     )
 
 
 async def run(config: ServeConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then stop in order."""
+    """Serve until SIGTERM or SIGINT, then stop in order; SIGHUP reloads."""
     running = await start(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, running.watcher.request_reload)
 
     await stop.wait()
     logger.info("stopping: draining for up to %.1f s", config.grace_period)

@@ -45,7 +45,11 @@ ProxyFactory = Callable[..., Awaitable[RunningProxy]]
 
 @pytest.fixture(name="start_proxy")
 async def _start_proxy() -> AsyncIterator[ProxyFactory]:
-    """Start proxies with ``start_proxy(upstream_url, rules=..., **settings)``."""
+    """Start proxies with ``start_proxy(upstream_url, rules=..., **settings)``.
+
+    ``settings`` are :class:`ProxySettings` fields; ``reload_interval`` is
+    the rules watcher's, 2 s as in production unless given.
+    """
     started: list[RunningProxy] = []
 
     async def factory(
@@ -53,6 +57,7 @@ async def _start_proxy() -> AsyncIterator[ProxyFactory]:
         *,
         rules: Path | str = RULES,
         admin_secrets: Any = None,
+        reload_interval: float = 2.0,
         **settings: Any,
     ) -> RunningProxy:
         config = ServeConfig(
@@ -60,6 +65,7 @@ async def _start_proxy() -> AsyncIterator[ProxyFactory]:
             listen=("127.0.0.1", 0),
             admin_listen=("127.0.0.1", 0),
             proxy=ProxySettings(upstream_url=upstream_url, **settings),
+            reload_interval=reload_interval,
             **({"admin_secrets": admin_secrets} if admin_secrets else {}),
         )
         running = await start(config)
