@@ -1,4 +1,4 @@
-"""The ``kstats-proxy`` command: ``serve``, ``check`` and ``demo``.
+"""The ``kstats-proxy`` command: serve, check, explain, replay and demo.
 
 Every flag can also be given as an environment variable named
 ``KSTATS_<FLAG>``, upper case with dashes as underscores (``--upstream``
@@ -17,14 +17,19 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from proxy import __version__
 from proxy.app import ProxySettings
 from proxy.kaltura.ks import AdminSecrets
+from proxy.kaltura.session import KsReader
 from proxy.log import configure_logging
 from proxy.rules.loader import RulesError, load_rules
+from proxy.rules.model import RuleSet
 from proxy.serve import ServeConfig, run
 from proxy.upstream.pool import Origin, PoolSettings
+
+Header = tuple[str, str]
 
 
 def _env(flag: str, default: str | None) -> str | None:
@@ -96,12 +101,99 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--max-event-body", "262144", "largest body read for events, bytes")
     _flag(serve, "--upstream-timeout", "10", "seconds an event may wait for Kaltura")
     _flag(serve, "--grace-period", "20", "seconds to finish requests on SIGTERM")
+    _flag(
+        serve,
+        "--reload-interval",
+        "2",
+        "seconds between looks at the rules files for changes; 0: SIGHUP only",
+    )
 
     check = commands.add_parser("check", help="validate rules files")
     check.add_argument("paths", nargs="+", help="rules files or directories")
 
     commands.add_parser("demo", help="run the shipped rules on sample traffic, offline")
+    _add_dry_run_commands(commands)
     return parser
+
+
+def _header(text: str) -> Header:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME:VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _cookie(text: str) -> Header:
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _add_dry_run_commands(commands: Any) -> None:
+    """``explain`` and ``replay``: the rules on requests, nothing sent.
+
+    ``--rules`` and ``--admin-secret-file`` read ``KSTATS_RULES`` and
+    ``KSTATS_ADMIN_SECRET_FILE`` as ``serve`` does, so a dry run sees what
+    the proxy sees; the other flags describe one run and are flags only.
+    """
+    explain = commands.add_parser(
+        "explain", help="dry run of one request: each field before and after"
+    )
+    _flag(explain, "--rules", "rules/", "rules file or directory (default rules/)")
+    explain.add_argument(
+        "--cookie",
+        action="append",
+        default=[],
+        type=_cookie,
+        metavar="NAME=VALUE",
+        help="a cookie the request carries (repeatable)",
+    )
+    explain.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        type=_header,
+        metavar="NAME:VALUE",
+        help="a header the request carries (repeatable)",
+    )
+    explain.add_argument(
+        "--method",
+        type=str.upper,
+        choices=("GET", "POST"),
+        help="the request method (default GET, or POST with --body)",
+    )
+    explain.add_argument(
+        "--body",
+        metavar="TEXT|@FILE",
+        help="the request body, or @FILE to read it from a file",
+    )
+    explain.add_argument("--json", action="store_true", help="one JSON document")
+    _flag(
+        explain,
+        "--admin-secret-file",
+        None,
+        "file of partner admin secrets, to read KS v2",
+    )
+    explain.add_argument(
+        "url", help="https://host/api_v3/... (the host becomes Host) or a path"
+    )
+
+    replay = commands.add_parser(
+        "replay", help="recorded requests through the rules: coverage per field"
+    )
+    _flag(replay, "--rules", "rules/", "rules file or directory (default rules/)")
+    replay.add_argument("records", metavar="FILE.jsonl", help="recorded requests")
+    replay.add_argument(
+        "--diff", action="store_true", help="also show each request's change"
+    )
+    replay.add_argument("--json", action="store_true", help="one JSON document")
+    _flag(
+        replay,
+        "--admin-secret-file",
+        None,
+        "file of partner admin secrets, to read KS v2",
+    )
 
 
 def _admin_secrets(file: str | None) -> AdminSecrets:
@@ -127,6 +219,10 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         )
         secrets = _admin_secrets(args.admin_secret_file)
         grace = float(args.grace_period)
+        reload_interval = float(args.reload_interval)
+        if not 0 <= reload_interval < float("inf"):
+            text = args.reload_interval
+            raise ValueError(f"--reload-interval: expected seconds >= 0, got {text!r}")
     except (ValueError, OSError, argparse.ArgumentTypeError) as error:
         raise ValueError(f"kstats-proxy serve: {error}") from error
     return ServeConfig(
@@ -136,6 +232,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         proxy=proxy,
         admin_secrets=secrets,
         grace_period=grace,
+        reload_interval=reload_interval,
     )
 
 
@@ -150,6 +247,120 @@ def _check(paths: Sequence[str]) -> int:
         else:
             print(f"{path}: ok, {len(rules.rules)} rules, hash {rules.digest}")
     return status
+
+
+def _explain_request(args: argparse.Namespace) -> tuple[str, str, list[Header], bytes]:
+    """The method, target, headers and body ``explain`` was given.
+
+    ValueError or OSError name the bad argument.
+    """
+    from proxy.explain import split_url
+
+    host, target = split_url(args.url)
+
+    body = b""
+    if args.body is not None and args.body.startswith("@"):
+        try:
+            body = Path(args.body[1:]).read_bytes()
+        except OSError as error:
+            raise OSError(f"--body {args.body}: {error.strerror}") from error
+    elif args.body is not None:
+        body = args.body.encode("utf-8")
+    method = args.method or ("POST" if args.body is not None else "GET")
+
+    # the URL's host unless a Host header is given; cookies in one header
+    headers: list[Header] = list(args.header)
+    names = {name.lower() for name, _ in headers}
+    if host is not None and "host" not in names:
+        headers.insert(0, ("Host", host))
+    if args.cookie:
+        cookies = "; ".join(f"{name}={value}" for name, value in args.cookie)
+        given = [value for name, value in headers if name.lower() == "cookie"]
+        headers = [(n, v) for n, v in headers if n.lower() != "cookie"]
+        headers.append(("Cookie", "; ".join([*given, cookies])))
+    if body and "content-type" not in names:
+        json = body.lstrip().startswith(b"{")
+        media_type = "application/json" if json else "application/x-www-form-urlencoded"
+        headers.append(("Content-Type", media_type))
+    return method, target, headers, body
+
+
+def _rules_or_report(path: str) -> RuleSet | None:
+    """The rules at ``path``, or None after printing each problem, as check does."""
+    try:
+        return load_rules(path)
+    except RulesError as error:
+        print("\n".join(error.problems), file=sys.stderr)
+        return None
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from proxy.explain import explain_request, explanation_json, render_explanation
+
+    # the request the flags describe, and the rules
+    try:
+        method, target, headers, body = _explain_request(args)
+        ks_reader = KsReader(_admin_secrets(args.admin_secret_file))
+    except (ValueError, OSError) as error:
+        print(f"kstats-proxy explain: {error}", file=sys.stderr)
+        return 2
+    rules = _rules_or_report(args.rules)
+    if rules is None:
+        return 1
+
+    # the dry run, then its report
+    explanation = asyncio.run(
+        explain_request(
+            rules, ks_reader, method=method, target=target, headers=headers, body=body
+        )
+    )
+    if args.json:
+        sys.stdout.write(explanation_json(explanation))
+    else:
+        count = len(rules.rules)
+        print(
+            f"kstats-proxy explain: {count} rules from {args.rules} "
+            f"(hash {rules.digest})"
+        )
+        sys.stdout.write(render_explanation(explanation))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from proxy.records import RecordError, read_records
+    from proxy.replay import coverage_json, render_coverage, replay_records
+
+    # the secrets and the rules; the records are read as they are replayed
+    try:
+        ks_reader = KsReader(_admin_secrets(args.admin_secret_file))
+    except (ValueError, OSError) as error:
+        print(f"kstats-proxy replay: {error}", file=sys.stderr)
+        return 2
+    rules = _rules_or_report(args.rules)
+    if rules is None:
+        return 1
+
+    # every record through the rules, then the report
+    try:
+        report = asyncio.run(
+            replay_records(
+                rules,
+                read_records(args.records),
+                records_path=args.records,
+                rules_path=args.rules,
+                ks_reader=ks_reader,
+                keep_changes=args.diff,
+            )
+        )
+    except RecordError as error:
+        print(f"kstats-proxy replay: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        reason = error.strerror or str(error)
+        print(f"kstats-proxy replay: {args.records}: {reason}", file=sys.stderr)
+        return 2
+    sys.stdout.write(coverage_json(report) if args.json else render_coverage(report))
+    return 0
 
 
 def _use_uvloop() -> None:
@@ -170,6 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.demo import main as demo
 
         return demo()
+
+    if args.command == "explain":
+        return _explain(args)
+
+    if args.command == "replay":
+        return _replay(args)
 
     try:
         config = _serve_config(args)

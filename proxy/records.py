@@ -43,6 +43,8 @@ def parse_record(line: str, *, where: str) -> TrafficRecord:
     """One record from one line; RecordError names ``where`` and the cause."""
     try:
         data = orjson.loads(line)
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON object is expected, not {type(data).__name__}")
         headers = tuple((str(k), str(v)) for k, v in data.get("headers", []))
         record = TrafficRecord(
             seq=int(data.get("seq", 0)),
@@ -56,14 +58,26 @@ def parse_record(line: str, *, where: str) -> TrafficRecord:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         if isinstance(error, binascii.Error):
             error = ValueError(f"body_b64 is not base64 ({error})")
+        elif isinstance(error, KeyError):
+            error = ValueError(f"no {error.args[0]!r} key")
         raise RecordError(f"{where}: not a request record ({error})") from error
     return record
 
 
 def read_records(path: Path | str) -> Iterator[TrafficRecord]:
-    """The records of a JSON Lines file, skipping blank lines."""
+    """The records of a JSON Lines file, skipping blank lines.
+
+    OSError when the file cannot be opened; RecordError, naming the file
+    and line, for a line that is not UTF-8 or not a record.
+    """
     path = Path(path)
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                message = f"{where}: not UTF-8 text (byte {error.start + 1})"
+                raise RecordError(message) from error
             if line.strip():
-                yield parse_record(line, where=f"{path}:{number}")
+                yield parse_record(line, where=where)

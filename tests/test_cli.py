@@ -51,6 +51,20 @@ def test_flags_fall_back_to_kstats_environment_variables(
     assert "127.0.0.1:7777" == args.listen  # the flag wins
 
 
+def test_reload_interval_comes_from_the_flag_or_environment_and_is_checked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KSTATS_RELOAD_INTERVAL", "0")
+    assert 0.0 == _serve_config(build_parser().parse_args(["serve"])).reload_interval
+    args = build_parser().parse_args(["serve", "--reload-interval", "0.5"])
+    assert 0.5 == _serve_config(args).reload_interval
+
+    assert 2 == main(["serve", "--reload-interval", "-1"])
+    assert "--reload-interval: expected seconds >= 0, got '-1'" in (
+        capsys.readouterr().err
+    )
+
+
 def test_serve_refuses_a_bad_upstream_with_a_message(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
