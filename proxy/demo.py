@@ -1,32 +1,56 @@
 """``kstats-proxy demo``: the whole product on one machine, offline.
 
-It starts the stand-in Kaltura API (:mod:`proxy.standin`) and the real
-proxy with the shipped rules, both on 127.0.0.1, sends one recorded event
-of each legacy integration through the proxy, and prints, per event, each
-field before and after with the rule and source that gave it, what
-Kaltura received, and what the player got back.
+It starts the stand-in Kaltura API (:mod:`proxy.standin`, knowing a few
+categories and the demo partner's admin secret), stand-ins of the legacy
+applications' who-am-I pages (:mod:`proxy.legacy_standin`, the shipped
+rules' lookups pointed at them) and the real proxy with the shipped
+rules, all on 127.0.0.1. It sends one recorded event of each legacy
+integration through the proxy, and prints, per event, each field before
+and after with the rule and source that gave it, what Kaltura received,
+and what the player got back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from proxy.app import ProxySettings
 from proxy.explain import EventReport, explain_request
+from proxy.kaltura.ks import AdminSecrets
 from proxy.kaltura.recognise import recognise
 from proxy.kaltura.session import KsReader
+from proxy.legacy_standin import LegacySessions, make_legacy_app, point_lookups_at
+from proxy.metrics import Metrics
 from proxy.records import TrafficRecord, read_records
+from proxy.remote import RemoteServices
 from proxy.rules.loader import load_rules
 from proxy.serve import ServeConfig, start
-from proxy.standin import StandIn, make_standin_app
+from proxy.standin import RecordedRequest, StandIn, make_standin_app
+
+# A made-up admin secret for the demo partner, known to the stand-in only.
+DEMO_SECRETS = AdminSecrets({1234: ["demo-admin-secret-0123456789abcdef"]})
+# What the stand-in Kaltura knows: the demo entry is in a MediaSpace
+# channel, a Moodle course category and a Blackboard one.
+DEMO_CATEGORIES = {
+    86091: "MediaSpace>site>channels>Biology 101",
+    86211: "Moodle>site>channels>42",
+    86401: "Blackboard>site>channels>_123_1",
+}
+# The demo's who-am-I answers, for the recorded sessions
+DEMO_SESSIONS = {
+    "moodle": {"r4nd0m5e55i0n1d": "frank"},
+    "sharepoint": {"77u/PD94bWwgdmVyc2lvbj0iMS4wIj8+PFNQPjA": "i:0#.f|membership|erin"},
+}
 
 
 def shipped_rules() -> Path:
@@ -56,26 +80,46 @@ async def _send(
 
 async def run_demo(out: TextIO = sys.stdout, rules_path: Path | None = None) -> int:
     """Run the demo, printing to ``out``; returns the process exit code."""
-    rules_path = rules_path or shipped_rules()
-    rules = load_rules(rules_path)
+    shipped = rules_path or shipped_rules()
+    work = tempfile.TemporaryDirectory(prefix="kstats-demo-")
 
-    # the stand-in Kaltura, then the proxy in front of it
-    standin = StandIn()
+    # the stand-ins: Kaltura, and the legacy applications' who-am-I pages
+    standin = StandIn(admin_secrets=DEMO_SECRETS, categories=dict(DEMO_CATEGORIES))
+    standin.entry_categories["0_abcd1234"] = sorted(DEMO_CATEGORIES)
     runner = web.AppRunner(make_standin_app(standin), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     upstream = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    sessions = LegacySessions(
+        moodle=DEMO_SESSIONS["moodle"], sharepoint=DEMO_SESSIONS["sharepoint"]
+    )
+    legacy = web.AppRunner(make_legacy_app(sessions), access_log=None)
+    await legacy.setup()
+    await web.TCPSite(legacy, "127.0.0.1", 0).start()
+    legacy_url = f"http://127.0.0.1:{legacy.addresses[0][1]}"
+
+    # the shipped rules, their lookups asking the stand-ins, and the proxy
+    rules_dir = point_lookups_at(shipped, legacy_url, Path(work.name) / "rules")
+    rules = load_rules(rules_dir)
     running = await start(
         ServeConfig(
-            rules_path=str(rules_path),
+            rules_path=str(rules_dir),
             listen=("127.0.0.1", 0),
             admin_listen=("127.0.0.1", 0),
             proxy=ProxySettings(upstream_url=upstream),
+            admin_secrets=DEMO_SECRETS,
+            reload_interval=0,
         )
     )
+    services = RemoteServices(
+        upstream_url=upstream,
+        admin_secrets=DEMO_SECRETS,
+        metrics=Metrics(CollectorRegistry()),
+    )
     print(
-        f"kstats-proxy demo: {len(rules.rules)} rules from {rules_path}\n"
-        f"proxy on 127.0.0.1:{running.ports[0]}, stand-in Kaltura on {upstream}\n",
+        f"kstats-proxy demo: {len(rules.rules)} rules from {shipped}\n"
+        f"proxy on 127.0.0.1:{running.ports[0]}, stand-in Kaltura on {upstream},\n"
+        f"stand-in Moodle and SharePoint who-am-I pages on {legacy_url}\n",
         file=out,
     )
 
@@ -90,16 +134,33 @@ async def run_demo(out: TextIO = sys.stdout, rules_path: Path | None = None) -> 
                     target=record.raw_path,
                     headers=record.headers,
                     body=record.body,
+                    services=services,
                 )
                 status, answer = await _send(session, running.ports[0], record)
-                received = standin.received[-1]
+                received = _last_forwarded(standin)
                 failures += status != 200
                 _print_event(out, record, explanation.events[0], received.target)
                 print(f"  player got       {status} {answer.strip()[:70]}\n", file=out)
     finally:
         await running.stop(1.0)
+        await services.close()
+        await legacy.cleanup()
         await runner.cleanup()
+        work.cleanup()
     return 1 if failures else 0
+
+
+# the calls the proxy makes for itself, not the player's
+_OWN_CALLS = frozenset({"session", "category", "categoryentry"})
+
+
+def _last_forwarded(standin: StandIn) -> RecordedRequest:
+    """The last request the stand-in got from a player, through the proxy."""
+    return next(
+        r
+        for r in reversed(standin.received)
+        if str(r.params.get("service", "")).lower() not in _OWN_CALLS
+    )
 
 
 def _print_event(

@@ -41,6 +41,7 @@ from proxy.kaltura.recognise import RequestKind, is_api_path, recognise
 from proxy.kaltura.session import KsReader
 from proxy.rules.context import SourceContext
 from proxy.rules.model import Rule, RuleSet
+from proxy.rules.remote import Services
 from proxy.rules.sources import Source
 
 # The last words of every dry-run report.
@@ -348,12 +349,15 @@ async def explain_request(
     headers: Sequence[tuple[str, str]],
     body: bytes = b"",
     max_event_body: int = DEFAULT_MAX_EVENT_BODY,
+    services: Services | None = None,
 ) -> Explanation:
     """Enrich one request as the proxy would, without sending anything.
 
     ``target`` is the request target as sent (origin form, or absolute
     form whose host is ignored as the proxy ignores it); ``headers`` the
-    request's headers, ``Host`` included.
+    request's headers, ``Host`` included. With ``services`` (the demo,
+    whose services are stand-ins on this machine), network sources are
+    asked for real instead of being reported as not called.
     """
     header_map = CIMultiDictProxy(CIMultiDict(headers))
     host = header_map.get("Host", "")
@@ -388,9 +392,9 @@ async def explain_request(
 
     # match, resolve and apply, with the network sources offline
     reached: _Reached = []
-    outcomes = await Enricher(ks_reader=ks_reader).enrich(
-        offline_rules(rules, reached), recognised, headers=header_map, host=host
-    )
+    enricher = Enricher(ks_reader=ks_reader, services=services)
+    used = rules if services is not None else offline_rules(rules, reached)
+    outcomes = await enricher.enrich(used, recognised, headers=header_map, host=host)
 
     reports = []
     for values, outcome in zip(before, outcomes, strict=True):

@@ -122,8 +122,10 @@ def request_params(
 class StandIn:
     """The stand-in's state: what it received, and what it knows."""
 
-    secrets: AdminSecrets = NO_SECRETS
+    secrets: AdminSecrets = NO_SECRETS  # checks player KSes when given
     received: list[RecordedRequest] = field(default_factory=list)
+    # checks admin KSes; the player secrets when not given
+    admin_secrets: AdminSecrets = NO_SECRETS
     # category id -> full name, and entry id -> the ids of its categories
     categories: dict[int, str] = field(default_factory=dict)
     entry_categories: dict[str, list[int]] = field(default_factory=dict)
@@ -159,7 +161,7 @@ class StandIn:
         if not widget.startswith("_") or not widget[1:].isdigit():
             raise ApiError("INVALID_WIDGET_ID", f'Invalid widget id "{widget}"')
         partner_id = int(widget[1:])
-        secrets = self.secrets.for_partner(partner_id)
+        secrets = (self.secrets or self.admin_secrets).for_partner(partner_id)
         expiry = int(params.get("expiry") or 86400)
         ks = make_ks_v1(
             partner_id=partner_id,
@@ -177,9 +179,10 @@ class StandIn:
         }
 
     def _admin_session(self, params: dict[str, Any]) -> KalturaSession:
+        secrets = self.admin_secrets or self.secrets
         ks = str(params.get("ks") or "")
-        session = parse_ks(ks, self.secrets) if ks else None
-        if session is None or not (session.verified or not self.secrets):
+        session = parse_ks(ks, secrets) if ks else None
+        if session is None or not (session.verified or not secrets):
             raise ApiError("INVALID_KS", f'Invalid KS "{ks}"')
         if session.session_type != SESSION_TYPE_ADMIN:
             raise ApiError(

@@ -16,6 +16,7 @@ from aiohttp import web
 from support import RULES
 
 from proxy.app import ProxySettings
+from proxy.legacy_standin import point_lookups_at
 from proxy.serve import RunningProxy, ServeConfig, start
 from proxy.standin import StandIn, make_standin_app
 
@@ -43,9 +44,24 @@ async def _upstream() -> AsyncIterator[Upstream]:
 ProxyFactory = Callable[..., Awaitable[RunningProxy]]
 
 
+@pytest.fixture(name="offline_rules", scope="session")
+def _offline_rules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped rules, their lookups pointed at a closed loopback port.
+
+    A lookup of the shipped rules names its site (moodle.example.edu, ...);
+    tests must not ask the network about it. Port 9 (discard) refuses at
+    once, so those lookups fail fast, as a site that is down would.
+    """
+    return point_lookups_at(
+        RULES, "http://127.0.0.1:9", tmp_path_factory.mktemp("rules")
+    )
+
+
 @pytest.fixture(name="start_proxy")
-async def _start_proxy() -> AsyncIterator[ProxyFactory]:
+async def _start_proxy(offline_rules: Path) -> AsyncIterator[ProxyFactory]:
     """Start proxies with ``start_proxy(upstream_url, rules=..., **settings)``.
+
+    ``rules`` default to the shipped rules, offline (see ``offline_rules``).
 
     ``settings`` are :class:`ProxySettings` fields; ``reload_interval`` is
     the rules watcher's, 2 s as in production unless given.
@@ -55,13 +71,13 @@ async def _start_proxy() -> AsyncIterator[ProxyFactory]:
     async def factory(
         upstream_url: str,
         *,
-        rules: Path | str = RULES,
+        rules: Path | str | None = None,
         admin_secrets: Any = None,
         reload_interval: float = 2.0,
         **settings: Any,
     ) -> RunningProxy:
         config = ServeConfig(
-            rules_path=str(rules),
+            rules_path=str(rules or offline_rules),
             listen=("127.0.0.1", 0),
             admin_listen=("127.0.0.1", 0),
             proxy=ProxySettings(upstream_url=upstream_url, **settings),

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp import web
-from support import RULES, RawResponse, send_raw
+from support import RawResponse, send_raw
 
 from proxy.kaltura.ks import make_ks_v1
 from proxy.serve import RunningProxy
@@ -39,16 +39,18 @@ ProxyFactory = Callable[..., Awaitable[RunningProxy]]
 
 @pytest.fixture(name="start_proxy")
 def _start_proxy_without_widget_ks(
-    start_proxy: ProxyFactory, tmp_path_factory: pytest.TempPathFactory
+    start_proxy: ProxyFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+    offline_rules: Path,
 ) -> ProxyFactory:
-    """The shared factory, on the shipped rules with ``widget_ks = false``.
+    """The shared factory, on the offline shipped rules with ``widget_ks = false``.
 
     These tests check that bad input reaches Kaltura byte for byte; a widget
     KS attached to an event with a user is SPEC 3's business, and has tests
     of its own (tests/test_widget_ks.py).
     """
     rules = tmp_path_factory.mktemp("rules")
-    for shipped in RULES.iterdir():
+    for shipped in offline_rules.iterdir():
         text = shipped.read_text()
         if shipped.name == "00-kaltura.toml":
             text = text.replace("[kaltura]\n", "[kaltura]\nwidget_ks = false\n")
