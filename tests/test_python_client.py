@@ -19,10 +19,21 @@ from typing import Any, TypeVar
 
 import pytest
 from KalturaClient import KalturaClient, KalturaConfiguration
-from KalturaClient.Plugins.Core import KalturaStatsEvent, KalturaStatsEventType
+from KalturaClient.Plugins.Core import (
+    KalturaCategoryEntryFilter,
+    KalturaCategoryFilter,
+    KalturaStatsEvent,
+    KalturaStatsEventType,
+)
 from support import PYTHON_CLIENT_RULES
 
-from proxy.kaltura.ks import AdminSecrets, make_ks_v1, make_ks_v2
+from proxy.kaltura.ks import (
+    SESSION_TYPE_ADMIN,
+    AdminSecrets,
+    make_ks_v1,
+    make_ks_v2,
+    parse_ks,
+)
 from proxy.standin import RecordedRequest
 
 pytestmark = pytest.mark.timeout(30)
@@ -262,3 +273,42 @@ async def test_user_ks_v2_is_read_with_the_admin_secret_and_decides_the_user(
     body = json_body(only_forwarded(upstream))
     assert body["ks"] == ks
     assert "userId" not in body["event"]
+
+
+# -- the stand-in's own answers, read by the real client -------------------------
+
+
+async def test_the_real_client_reads_the_standins_category_and_widget_answers(
+    upstream: Any,
+) -> None:
+    # the shapes the proxy's Kaltura calls rely on, as Kaltura's client reads them
+    upstream.standin.secrets = AdminSecrets({PARTNER_ID: [ADMIN_SECRET]})
+    upstream.standin.categories[86091] = "Moodle>site>channels>42"
+    upstream.standin.entry_categories["0_abcd1234"] = [86091]
+    config = KalturaConfiguration(serviceUrl=upstream.url)
+    client = KalturaClient(config)
+
+    widget = await in_thread(
+        lambda: client.session.startWidgetSession(f"_{PARTNER_ID}")
+    )
+    client.setKs(
+        make_ks_v2(
+            partner_id=PARTNER_ID,
+            secret=ADMIN_SECRET,
+            user_id="admin",
+            session_type=SESSION_TYPE_ADMIN,
+            expiry=int(time.time()) + 3600,
+        )
+    )
+    by_name = KalturaCategoryFilter()
+    by_name.fullNameEqual = "Moodle>site>channels>42"
+    categories = await in_thread(lambda: client.category.list(by_name))
+    by_entry = KalturaCategoryEntryFilter()
+    by_entry.entryIdEqual = "0_abcd1234"
+    links = await in_thread(lambda: client.categoryEntry.list(by_entry))
+
+    session = parse_ks(widget.ks, upstream.standin.secrets)
+    assert session is not None and session.is_widget
+    assert [86091] == [c.id for c in categories.objects]
+    assert ["Moodle>site>channels>42"] == [c.fullName for c in categories.objects]
+    assert [(86091, "0_abcd1234")] == [(e.categoryId, e.entryId) for e in links.objects]
