@@ -18,9 +18,13 @@ level when the log is made: ``--log-level warning`` turns them off.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import re
+import secrets
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, BinaryIO, Final
 
 import orjson
@@ -28,6 +32,27 @@ import orjson
 from proxy.log import LogStyle, current_style, json_time, text_time
 
 ACCESS_LOGGER: Final = "kstats.access"
+# a request id a front end set, taken as it is when it looks like one
+_GIVEN_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+class RequestIds:
+    """The id of each request's access line.
+
+    A front end's ``X-Request-Id`` is kept when it looks like an id, so a
+    request can be followed through both logs; otherwise the proxy makes
+    one: a random prefix per process and a counter, unique within a run.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+
+    def take(self, headers: Mapping[str, str]) -> str:
+        given = headers.get("X-Request-Id")
+        if given is not None and _GIVEN_ID.fullmatch(given):
+            return given
+        return f"{self._prefix}-{next(self._counter):x}"
 
 
 class AccessLog:

@@ -27,7 +27,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.accesslog import AccessLog
+from proxy.accesslog import AccessLog, RequestIds
+from proxy.coverage import Coverage
 from proxy.enrich import Enricher, EventOutcome
 from proxy.headers import (
     ForwardingPolicy,
@@ -68,6 +69,8 @@ class ProxySettings:
     pool: PoolSettings = field(default_factory=PoolSettings)
     stream_connect_timeout: float = 3.0
     stream_read_timeout: float = 30.0
+    # log the values added (user ids among them) and refused targets whole
+    log_sensitive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,11 @@ async def _continue(request: web.BaseRequest) -> None:
         await request.writer.write(b"HTTP/%d.%d 100 Continue\r\n\r\n" % (major, minor))
 
 
+def _gist(error: Exception) -> str:
+    """An error's message up to the first quoted value, which may be personal."""
+    return str(error).split(":", 1)[0]
+
+
 def _plain(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text, content_type="text/plain")
 
@@ -168,6 +176,8 @@ class ProxyApp:
         self.rules = rules
         self.metrics = metrics
         self.access_log = access_log or AccessLog.from_logging()
+        self.coverage = Coverage()
+        self._request_ids = RequestIds()
 
         origin = Origin.from_url(settings.upstream_url)
         self._forwarding = ForwardingPolicy(
@@ -288,7 +298,9 @@ class ProxyApp:
         enrich_seconds = time.perf_counter() - started
 
         kind = recognised.kind
-        answer = await self._forward_events(request, kind, target, new_body)
+        answer, upstream_seconds = await self._forward_events(
+            request, kind, target, new_body
+        )
         self._record(
             request.method,
             request.peer,
@@ -297,23 +309,27 @@ class ProxyApp:
             answer.status,
             outcomes,
             enrich_seconds,
+            upstream_seconds,
         )
         return answer
 
     async def _forward_events(
         self, request: EventRequest, kind: RequestKind, target: str, body: bytes
-    ) -> EventAnswer:
+    ) -> tuple[EventAnswer, float | None]:
+        """Kaltura's answer, and the seconds it took (None when there was none)."""
         headers = upstream_headers(
             request.headers, request.peer, self._forwarding, keep_length=False
         )
         started = time.perf_counter()
         try:
-            answer = await self._pool.request(request.method, target, headers, body)
+            upstream = await self._pool.request(request.method, target, headers, body)
         except ValueError as error:
-            # a request the pool refuses to write (control bytes in it)
-            logger.info("refused to forward a %s request: %s", kind, error)
+            # a request the pool refuses to write (control bytes in it); the
+            # message quotes the target, user ids and KSes with it
+            problem = str(error) if self.settings.log_sensitive else _gist(error)
+            logger.info("refused to forward a %s request: %s", kind, problem)
             self.metrics.rejected.inc("bad_request")
-            return _plain_answer(400, "Bad Request", "invalid request\n")
+            return _plain_answer(400, "Bad Request", "invalid request\n"), None
         except UpstreamError as error:
             # TODO: events are lost here while the upstream is down; a
             # durable spool that answers the player and replays later
@@ -321,17 +337,20 @@ class ProxyApp:
             self.metrics.upstream_failures.inc(error.reason)
             logger.warning("upstream failed for a %s request: %s", kind, error)
             if error.reason == "timeout":
-                return _plain_answer(504, "Gateway Timeout", "upstream unavailable\n")
-            return _plain_answer(502, "Bad Gateway", "upstream unavailable\n")
+                answer = _plain_answer(504, "Gateway Timeout", "upstream unavailable\n")
+            else:
+                answer = _plain_answer(502, "Bad Gateway", "upstream unavailable\n")
+            return answer, time.perf_counter() - started
 
         seconds = time.perf_counter() - started
         self.metrics.upstream_duration.observe(seconds, kind)
-        return EventAnswer(
-            answer.status,
-            answer.reason,
-            response_headers(answer.headers, keep_length=False),
-            answer.body,
+        relayed = EventAnswer(
+            upstream.status,
+            upstream.reason,
+            response_headers(upstream.headers, keep_length=False),
+            upstream.body,
         )
+        return relayed, seconds
 
     async def _stream(
         self,
@@ -349,6 +368,7 @@ class ProxyApp:
             keep_length=not complete,
         )
         started = time.perf_counter()
+        seconds: float | None = None
         try:
             response = await self._streamer.forward(
                 request,
@@ -375,6 +395,7 @@ class ProxyApp:
             response.status,
             [],
             0.0,
+            seconds,
         )
         return response
 
@@ -392,6 +413,7 @@ class ProxyApp:
         status: int,
         outcomes: list[EventOutcome],
         enrich_seconds: float,
+        upstream_seconds: float | None,
     ) -> None:
         metrics = self.metrics
         metrics.requests.inc(kind, status)
@@ -403,22 +425,33 @@ class ProxyApp:
                 metrics.rule_matches.inc(rule)
             for enrichment in outcome.enrichments:
                 metrics.enrichments.inc(enrichment.field, enrichment.source)
+            self.coverage.record(outcome)
 
         if self.access_log.enabled:
-            self.access_log.write(
-                f"{method} {kind} {status}",
-                {
-                    "method": method,
-                    "kind": str(kind),
-                    "status": status,
-                    "client": client_address(
-                        peer, headers.get("X-Forwarded-For"), self._forwarding
-                    ),
-                    "events": len(outcomes),
-                    "rules": sorted({r for o in outcomes for r in o.matched}),
-                    "added": [
-                        f"{e.field}:{e.source}" for o in outcomes for e in o.added
-                    ],
-                    "enrich_ms": round(enrich_seconds * 1000, 3),
-                },
-            )
+            fields = {
+                "request_id": self._request_ids.take(headers),
+                "method": method,
+                "kind": str(kind),
+                "status": status,
+                "client": client_address(
+                    peer, headers.get("X-Forwarded-For"), self._forwarding
+                ),
+                "events": len(outcomes),
+                "rules": sorted({r for o in outcomes for r in o.matched}),
+                "added": [f"{e.field}:{e.source}" for o in outcomes for e in o.added],
+                "widget_ks": sum(o.widget_ks for o in outcomes),
+                "enrich_ms": round(enrich_seconds * 1000, 3),
+                "upstream_ms": (
+                    None
+                    if upstream_seconds is None
+                    else round(upstream_seconds * 1000, 3)
+                ),
+            }
+            if self.settings.log_sensitive:
+                # the operator asked for it: the values themselves
+                fields["values"] = [
+                    {"field": str(e.field), "value": e.value}
+                    for o in outcomes
+                    for e in o.added
+                ]
+            self.access_log.write(f"{method} {kind} {status}", fields)

@@ -44,6 +44,15 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _yes_or_no(flag: str, text: str) -> bool:
+    answer = text.strip().lower()
+    if answer in ("yes", "true", "1", "on"):
+        return True
+    if answer in ("no", "false", "0", "off", ""):
+        return False
+    raise ValueError(f"{flag}: expected yes or no, got {text!r}")
+
+
 def _names(text: str) -> frozenset[str]:
     return frozenset(name.strip() for name in text.split(",") if name.strip())
 
@@ -80,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(serve, "--log-level", "info", "debug, info, warning or error (default info)")
     _flag(serve, "--log-format", "json", "json or text (default json)")
+    _flag(
+        serve,
+        "--log-sensitive",
+        "no",
+        "yes: access lines carry the values added (user ids among them); default no",
+    )
     _flag(
         serve,
         "--forward-cookies",
@@ -216,6 +231,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
             trusted_proxies=tuple(sorted(_names(args.trusted_proxies))),
             max_event_body=int(args.max_event_body),
             pool=PoolSettings(total_timeout=timeout),
+            log_sensitive=_yes_or_no("--log-sensitive", args.log_sensitive),
         )
         secrets = _admin_secrets(args.admin_secret_file)
         grace = float(args.grace_period)

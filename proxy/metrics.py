@@ -196,6 +196,14 @@ class Metrics(Collector):
             "shared (another ask's call), called, failed, timeout, no_secret.",
             ("source", "outcome"),
         )
+        self.lookup_requests = CounterFamily(
+            "kstats_lookup_requests",
+            "Asks of each [lookup], by result: hit (answered without a call "
+            "of its own: kept, or shared with a call under way), miss (a "
+            "call made), error (the call failed, now or within negative_ttl), "
+            "timeout (the event stopped waiting).",
+            ("lookup", "result"),
+        )
         self.rules_reloads = CounterFamily(
             "kstats_rules_reloads",
             "Rules loads after start, by result.",
@@ -210,6 +218,7 @@ class Metrics(Collector):
             self.upstream_failures,
             self.rejected,
             self.source_calls,
+            self.lookup_requests,
             self.rules_reloads,
         )
         registry.register(self)

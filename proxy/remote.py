@@ -30,7 +30,7 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
-from proxy.cache import AnswerCache
+from proxy.cache import AnswerCache, Outcome
 from proxy.kaltura.client import KalturaCallError, KalturaClient
 from proxy.kaltura.ks import SESSION_TYPE_ADMIN, AdminSecrets, make_ks_v2
 from proxy.metrics import Metrics
@@ -56,6 +56,16 @@ _WIDGET_KS_KEEP: Final = WIDGET_KS_EXPIRY - 3600.0
 _WIDGET_NEGATIVE_TTL: Final = 30.0
 _ADMIN_KS_EXPIRY: Final = 7200
 _ADMIN_KS_RENEW_BEFORE: Final = 600
+
+
+# the results SPEC section 6 names for kstats_lookup_requests_total
+_LOOKUP_RESULTS: Final = {
+    Outcome.HIT: "hit",
+    Outcome.SHARED: "hit",
+    Outcome.CALLED: "miss",
+    Outcome.FAILED: "error",
+    Outcome.TIMEOUT: "timeout",
+}
 
 
 class LookupFailed(Exception):
@@ -187,6 +197,7 @@ class RemoteServices:
             digest.digest(), call, timeout=settings.timeout
         )
         self._count("lookup", outcome)
+        self._metrics.lookup_requests.inc(settings.name, _LOOKUP_RESULTS[outcome])
         return answer
 
     async def _ask_application(

@@ -14,6 +14,7 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from proxy.kaltura.ks import AdminSecrets
 from proxy.kaltura.session import KsReader
 from proxy.metrics import Metrics
 from proxy.reload import RulesWatcher, load_watched
+from proxy.status import render_status
 
 logger = logging.getLogger("kstats.proxy")
 
@@ -77,14 +79,39 @@ class RunningProxy:
 
 
 async def start(config: ServeConfig) -> RunningProxy:
-    """Load the rules and open both listeners; raises RulesError first."""
-    rules, fingerprint = load_watched(config.rules_path)
+    """Open the admin listener, load the rules, then open the public one.
 
+    Raises RulesError (with the admin listener closed again) when the rules
+    do not load.
+    """
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     metrics = Metrics(registry)
-    metrics.set_rules(rules.digest)
     readiness = Readiness()
+    started = time.time()
+    served: list[ProxyApp] = []  # the app, once it exists, for /status
+
+    def status_page() -> str | None:
+        if not served:
+            return None
+        app = served[0]
+        return render_status(
+            app.coverage, started=started, rules_digest=app.rules.digest
+        )
+
+    # the admin listener first: /readyz says 503 while the rules load
+    admin = web.AppRunner(
+        make_admin_app(registry, readiness, status_page), access_log=None
+    )
+    await admin.setup()
+    admin_site = web.TCPSite(admin, *config.admin_listen)
+    await admin_site.start()
+    try:
+        rules, fingerprint = await asyncio.to_thread(load_watched, config.rules_path)
+    except BaseException:
+        await admin.cleanup()
+        raise
+    metrics.set_rules(rules.digest)
 
     app = ProxyApp(
         config.proxy,
@@ -109,10 +136,7 @@ async def start(config: ServeConfig) -> RunningProxy:
     host, port = config.listen
     listener = await loop.create_server(protocol, host, port, backlog=1024)
 
-    admin = web.AppRunner(make_admin_app(registry, readiness), access_log=None)
-    await admin.setup()
-    admin_site = web.TCPSite(admin, *config.admin_listen)
-    await admin_site.start()
+    served.append(app)
 
     # what start-up allocated lives as long as the process: keep the
     # collector from walking it again and again (XXX: measured at about a

@@ -150,10 +150,32 @@ class StreamingForwarder:
                 reason=upstream.reason,
                 headers=response_headers(raw_headers, keep_length=True),
             )
-            await response.prepare(request)
             try:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
+                await response.prepare(request)
+                await self._relay(request, upstream, response)
+                await response.write_eof()
+            except ConnectionResetError:
+                # the player hung up (a seek, a closed tab): nothing is wrong
+                logger.debug("the player left during a streamed answer")
+        return response
+
+    async def _relay(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+    ) -> None:
+        """Copy the upstream's body to the player as it arrives.
+
+        A failure reading the upstream is a StreamFailure; one writing to
+        the player is its ConnectionResetError, left to the caller.
+        """
+        chunks = upstream.content.iter_any()
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
             except (TimeoutError, aiohttp.ClientError) as error:
                 # the status line is out already: cut the player's connection
                 logger.warning(
@@ -164,8 +186,7 @@ class StreamingForwarder:
                 raise StreamFailure(
                     "reset", f"upstream {self._base_url}: {error!r}"
                 ) from error
-            await response.write_eof()
-        return response
+            await response.write(chunk)
 
     async def close(self) -> None:
         if self._session is not None:
