@@ -126,7 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate rules files")
     check.add_argument("paths", nargs="+", help="rules files or directories")
 
-    commands.add_parser("demo", help="run the shipped rules on sample traffic, offline")
+    demo = commands.add_parser(
+        "demo", help="run the shipped rules on sample traffic, offline"
+    )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="then keep serving, sending the demo traffic every 5 s, until "
+        "Ctrl-C (for a Prometheus to scrape)",
+    )
+    demo.add_argument(
+        "--listen", default="127.0.0.1:8080", help="with --serve: the public port"
+    )
+    demo.add_argument(
+        "--admin-listen",
+        default="127.0.0.1:8081",
+        help="with --serve: the admin port (/metrics, /status)",
+    )
     _add_dry_run_commands(commands)
     return parser
 
@@ -396,7 +412,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from proxy.demo import main as demo
 
-        return demo()
+        if not args.serve:
+            return demo()
+        try:
+            listen, admin_listen = _address(args.listen), _address(args.admin_listen)
+        except ValueError as error:
+            print(f"kstats-proxy demo: {error}", file=sys.stderr)
+            return 2
+        return demo(serve=(listen, admin_listen))
 
     if args.command == "explain":
         return _explain(args)

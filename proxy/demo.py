@@ -78,8 +78,24 @@ async def _send(
         return response.status, await response.text()
 
 
-async def run_demo(out: TextIO = sys.stdout, rules_path: Path | None = None) -> int:
-    """Run the demo, printing to ``out``; returns the process exit code."""
+Address = tuple[str, int]
+
+
+async def run_demo(
+    out: TextIO = sys.stdout,
+    rules_path: Path | None = None,
+    *,
+    serve: tuple[Address, Address] | None = None,
+    rounds: int | None = None,
+    every: float = 5.0,
+) -> int:
+    """Run the demo, printing to ``out``; returns the process exit code.
+
+    With ``serve`` (the public and admin addresses) the proxy stays up
+    afterwards and the demo traffic is sent again every ``every`` seconds,
+    quietly, for ``rounds`` more rounds or until cancelled (Ctrl-C).
+    """
+    listen, admin_listen = serve or (("127.0.0.1", 0), ("127.0.0.1", 0))
     shipped = rules_path or shipped_rules()
     work = tempfile.TemporaryDirectory(prefix="kstats-demo-")
 
@@ -104,8 +120,8 @@ async def run_demo(out: TextIO = sys.stdout, rules_path: Path | None = None) -> 
     running = await start(
         ServeConfig(
             rules_path=str(rules_dir),
-            listen=("127.0.0.1", 0),
-            admin_listen=("127.0.0.1", 0),
+            listen=listen,
+            admin_listen=admin_listen,
             proxy=ProxySettings(upstream_url=upstream),
             admin_secrets=DEMO_SECRETS,
             reload_interval=0,
@@ -141,6 +157,8 @@ async def run_demo(out: TextIO = sys.stdout, rules_path: Path | None = None) -> 
                 failures += status != 200
                 _print_event(out, record, explanation.events[0], received.target)
                 print(f"  player got       {status} {answer.strip()[:70]}\n", file=out)
+            if serve is not None:
+                await _keep_serving(out, session, running.ports, rounds, every)
     finally:
         await running.stop(1.0)
         await services.close()
@@ -148,6 +166,38 @@ async def run_demo(out: TextIO = sys.stdout, rules_path: Path | None = None) -> 
         await runner.cleanup()
         work.cleanup()
     return 1 if failures else 0
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def _keep_serving(
+    out: TextIO,
+    session: aiohttp.ClientSession,
+    ports: tuple[int, int],
+    rounds: int | None,
+    every: float,
+) -> None:
+    public, admin = ports
+    print(
+        f"serving: the proxy on 127.0.0.1:{public}; /metrics and /status on "
+        f"127.0.0.1:{admin}. The demo traffic goes again every {every:g} s; "
+        "Ctrl-C stops.",
+        file=out,
+        flush=True,
+    )
+    sent = 0
+    while rounds is None or sent < rounds:
+        await asyncio.sleep(every)
+        for record in demo_traffic():
+            status, _ = await _send(session, public, record)
+            if status != 200:
+                print(f"{record.label}: the proxy answered {status}", file=out)
+        sent += 1
+    status, _ = await _get(session, f"http://127.0.0.1:{admin}/status")
+    print(f"after {sent} more rounds: /status answered {status}", file=out)
 
 
 # the calls the proxy makes for itself, not the player's
@@ -186,5 +236,8 @@ def _print_event(
     print(f"  Kaltura got      ...{added or ' (unchanged)'}", file=out)
 
 
-def main() -> int:
-    return asyncio.run(run_demo())
+def main(serve: tuple[Address, Address] | None = None) -> int:
+    try:
+        return asyncio.run(run_demo(serve=serve))
+    except KeyboardInterrupt:
+        return 0

@@ -179,13 +179,28 @@ async def start(config: ServeConfig) -> RunningProxy:
 
 async def run(config: ServeConfig) -> None:
     """Serve until SIGTERM or SIGINT, then stop in order; SIGHUP reloads."""
-    running = await start(config)
+    # the handlers come first: the admin listener answers while the rules
+    # load, so a signal may arrive before start() returns
     stop = asyncio.Event()
+    started: list[RunningProxy] = []
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, running.watcher.request_reload)
 
+    def reload() -> None:
+        if started:
+            started[0].watcher.request_reload()
+        else:
+            logger.info(
+                "SIGHUP before the first load: the rules being loaded are read now"
+            )
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+
+    running = await start(config)
+    started.append(running)
+    if stop.is_set():
+        logger.info("stopping before serving: a signal came during start")
     await stop.wait()
     logger.info("stopping: draining for up to %.1f s", config.grace_period)
     await running.stop(config.grace_period)

@@ -211,3 +211,17 @@ def test_admin_secrets_come_from_the_environment_and_a_file(
     assert ("testsecret",) == config.admin_secrets.for_partner(1234)
     assert ("othersecret",) == config.admin_secrets.for_partner(5678)
     assert "testsecret" not in repr(config)
+
+
+async def test_demo_serve_keeps_the_proxy_up_and_sends_the_traffic_again() -> None:
+    from proxy.demo import run_demo
+
+    out = io.StringIO()
+    loopback = ("127.0.0.1", 0)
+    code = await run_demo(out, serve=(loopback, loopback), rounds=2, every=0.05)
+
+    text = out.getvalue()
+    assert 0 == code
+    assert "serving: the proxy on 127.0.0.1:" in text
+    assert "after 2 more rounds: /status answered 200" in text
+    assert "the proxy answered" not in text  # every resent event got 200

@@ -331,7 +331,7 @@ def test_serve_reloads_on_sighup(rules_dir: Path) -> None:
     try:
         deadline = time.monotonic() + 20
         metrics = ""
-        while time.monotonic() < deadline and "kstats_rules_info" not in metrics:
+        while time.monotonic() < deadline and "kstats_rules_info{" not in metrics:
             try:
                 metrics = _metrics(admin_port)
             except OSError:
