@@ -28,6 +28,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.accesslog import AccessLog, RequestIds
+from proxy.answers import accepted_answer
 from proxy.coverage import Coverage
 from proxy.enrich import Enricher, EventOutcome
 from proxy.headers import (
@@ -42,7 +43,9 @@ from proxy.kaltura.recognise import Recognised, RequestKind, is_api_path, recogn
 from proxy.kaltura.session import KsReader
 from proxy.metrics import Metrics, event_type_label
 from proxy.remote import RemoteServices
+from proxy.replayer import Replayer, accepted
 from proxy.rules.model import RuleSet
+from proxy.spool import Spool
 from proxy.upstream.pool import Origin, PoolSettings, UpstreamError, UpstreamPool
 from proxy.upstream.stream import StreamFailure, StreamingForwarder
 
@@ -171,6 +174,7 @@ class ProxyApp:
         ks_reader: KsReader,
         access_log: AccessLog | None = None,
         admin_secrets: AdminSecrets = NO_SECRETS,
+        spool: Spool | None = None,
     ) -> None:
         self.settings = settings
         self.rules = rules
@@ -193,6 +197,8 @@ class ProxyApp:
         )
         self._enricher = Enricher(ks_reader=ks_reader, services=self.services)
         self._pool = UpstreamPool(origin, settings.pool)
+        # events Kaltura did not take, kept and sent again (None: no spool)
+        self.replayer = None if spool is None else Replayer(spool, self._pool)
         self._streamer = StreamingForwarder(
             settings.upstream_url,
             connect_timeout=settings.stream_connect_timeout,
@@ -205,7 +211,15 @@ class ProxyApp:
         self.rules = rules
         self.metrics.set_rules(rules.digest)
 
+    def start(self) -> None:
+        """Start the background work: replaying the spool."""
+        if self.replayer is not None:
+            self.replayer.start()
+
     async def close(self) -> None:
+        # the spool stays on disk: the next start replays what is left
+        if self.replayer is not None:
+            await self.replayer.stop()
         await self._pool.close()
         await self._streamer.close()
         await self.services.close()
@@ -299,7 +313,7 @@ class ProxyApp:
 
         kind = recognised.kind
         answer, upstream_seconds = await self._forward_events(
-            request, kind, target, new_body
+            request, recognised, target, new_body
         )
         self._record(
             request.method,
@@ -314,12 +328,32 @@ class ProxyApp:
         return answer
 
     async def _forward_events(
-        self, request: EventRequest, kind: RequestKind, target: str, body: bytes
+        self,
+        request: EventRequest,
+        recognised: Recognised,
+        target: str,
+        body: bytes,
     ) -> tuple[EventAnswer, float | None]:
-        """Kaltura's answer, and the seconds it took (None when there was none)."""
+        """The player's answer, and Kaltura's time (None when it gave none).
+
+        Kaltura's own answer when it took the request; when it did not
+        (down, reset, timed out, 5xx, 429) and a spool is set, the request
+        is spooled and the player gets the answer of an accepted one.
+        """
+        kind = recognised.kind
         headers = upstream_headers(
             request.headers, request.peer, self._forwarding, keep_length=False
         )
+
+        # Kaltura is known to be down: straight to the spool
+        replayer = self.replayer
+        if replayer is not None and replayer.backlogged:
+            spooled = await self._spool(
+                recognised, request.method, target, headers, body
+            )
+            if spooled is not None:
+                return spooled, None
+
         started = time.perf_counter()
         try:
             upstream = await self._pool.request(request.method, target, headers, body)
@@ -331,19 +365,31 @@ class ProxyApp:
             self.metrics.rejected.inc("bad_request")
             return _plain_answer(400, "Bad Request", "invalid request\n"), None
         except UpstreamError as error:
-            # TODO: events are lost here while the upstream is down; a
-            # durable spool that answers the player and replays later
-            # would keep them.
             self.metrics.upstream_failures.inc(error.reason)
             logger.warning("upstream failed for a %s request: %s", kind, error)
+            seconds = time.perf_counter() - started
+            spooled = await self._spool(
+                recognised, request.method, target, headers, body
+            )
+            if spooled is not None:
+                return spooled, seconds
             if error.reason == "timeout":
                 answer = _plain_answer(504, "Gateway Timeout", "upstream unavailable\n")
             else:
                 answer = _plain_answer(502, "Bad Gateway", "upstream unavailable\n")
-            return answer, time.perf_counter() - started
+            return answer, seconds
 
         seconds = time.perf_counter() - started
         self.metrics.upstream_duration.observe(seconds, kind)
+        if not accepted(upstream.status):
+            self.metrics.upstream_failures.inc(f"status_{upstream.status // 100}xx")
+            spooled = await self._spool(
+                recognised, request.method, target, headers, body
+            )
+            if spooled is not None:
+                return spooled, seconds
+        elif replayer is not None:
+            replayer.upstream_answered()
         relayed = EventAnswer(
             upstream.status,
             upstream.reason,
@@ -351,6 +397,28 @@ class ProxyApp:
             upstream.body,
         )
         return relayed, seconds
+
+    async def _spool(
+        self,
+        recognised: Recognised,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> EventAnswer | None:
+        """Keep the request for later and answer for Kaltura; None if not."""
+        spool = self.replayer.spool if self.replayer is not None else None
+        answer = accepted_answer(recognised) if spool is not None else None
+        if spool is None or answer is None:
+            return None
+        try:
+            await spool.append(recognised.kind, method, target, tuple(headers), body)
+        except OSError:
+            # the spool's writer logged the cause; the event is lost
+            self.metrics.spool_dropped.inc()
+            return None
+        status, answer_headers, answer_body = answer
+        return EventAnswer(status, "OK", answer_headers, answer_body)
 
     async def _stream(
         self,

@@ -27,6 +27,7 @@ from proxy.log import configure_logging
 from proxy.rules.loader import RulesError, load_rules
 from proxy.rules.model import RuleSet
 from proxy.serve import ServeConfig, run
+from proxy.spool import DEFAULT_MAX_BYTES
 from proxy.upstream.pool import Origin, PoolSettings
 
 Header = tuple[str, str]
@@ -116,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--max-event-body", "262144", "largest body read for events, bytes")
     _flag(serve, "--upstream-timeout", "10", "seconds an event may wait for Kaltura")
     _flag(serve, "--grace-period", "20", "seconds to finish requests on SIGTERM")
+    _flag(
+        serve,
+        "--spool",
+        None,
+        "directory where events Kaltura does not take are kept and replayed "
+        "(default none: they are lost)",
+    )
+    _flag(
+        serve,
+        "--spool-max-bytes",
+        str(DEFAULT_MAX_BYTES),
+        "the spool's bound; past it the oldest events go (default 64 MiB)",
+    )
     _flag(
         serve,
         "--reload-interval",
@@ -251,6 +265,9 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         )
         secrets = _admin_secrets(args.admin_secret_file)
         grace = float(args.grace_period)
+        spool_max = int(args.spool_max_bytes)
+        if spool_max < 1:
+            raise ValueError(f"--spool-max-bytes: expected bytes >= 1, got {spool_max}")
         reload_interval = float(args.reload_interval)
         if not 0 <= reload_interval < float("inf"):
             text = args.reload_interval
@@ -265,6 +282,8 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         admin_secrets=secrets,
         grace_period=grace,
         reload_interval=reload_interval,
+        spool_dir=args.spool,
+        spool_max_bytes=spool_max,
     )
 
 

@@ -196,6 +196,17 @@ class Metrics(Collector):
             "shared (another ask's call), called, failed, timeout, no_secret.",
             ("source", "outcome"),
         )
+        self.spool_replayed = CounterFamily(
+            "kstats_spool_replayed",
+            "Spooled requests Kaltura accepted when they were sent again.",
+            (),
+        )
+        self.spool_dropped = CounterFamily(
+            "kstats_spool_dropped",
+            "Requests lost from the spool: the oldest past --spool-max-bytes, "
+            "unreadable lines, and requests that could not be written.",
+            (),
+        )
         self.lookup_requests = CounterFamily(
             "kstats_lookup_requests",
             "Asks of each [lookup], by result: hit (answered without a call "
@@ -220,8 +231,20 @@ class Metrics(Collector):
             self.source_calls,
             self.lookup_requests,
             self.rules_reloads,
+            self.spool_replayed,
+            self.spool_dropped,
         )
         registry.register(self)
+        self.spool_events = Gauge(
+            "kstats_spool_events",
+            "Requests in the spool, waiting to be sent again.",
+            registry=registry,
+        )
+        self.spool_bytes = Gauge(
+            "kstats_spool_bytes",
+            "Bytes the spool's requests take on disk.",
+            registry=registry,
+        )
         self.rules_info = Gauge(
             "kstats_rules_info",
             "The rule set in use (value 1), by the hash of its files.",

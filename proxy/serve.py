@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -27,6 +29,7 @@ from proxy.kaltura.ks import AdminSecrets
 from proxy.kaltura.session import KsReader
 from proxy.metrics import Metrics
 from proxy.reload import RulesWatcher, load_watched
+from proxy.spool import DEFAULT_MAX_BYTES, Spool
 from proxy.status import render_status
 
 logger = logging.getLogger("kstats.proxy")
@@ -45,6 +48,8 @@ class ServeConfig:
     max_field_size: int = 16384
     grace_period: float = 20.0
     reload_interval: float = 2.0  # 0: reload on SIGHUP only
+    spool_dir: str | None = None  # None: events Kaltura does not take are lost
+    spool_max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass(slots=True)
@@ -113,12 +118,25 @@ async def start(config: ServeConfig) -> RunningProxy:
         raise
     metrics.set_rules(rules.digest)
 
+    spool = None
+    if config.spool_dir is not None:
+        spool = await asyncio.to_thread(
+            Spool.open,
+            Path(config.spool_dir),
+            metrics,
+            max_bytes=config.spool_max_bytes,
+        )
+    else:
+        logger.warning(
+            "no --spool: events Kaltura does not take while it is down are lost"
+        )
     app = ProxyApp(
         config.proxy,
         rules,
         metrics=metrics,
         ks_reader=KsReader(config.admin_secrets),
         admin_secrets=config.admin_secrets,
+        spool=spool,
     )
     server = web.Server(
         app.handle,
@@ -137,6 +155,7 @@ async def start(config: ServeConfig) -> RunningProxy:
     listener = await loop.create_server(protocol, host, port, backlog=1024)
 
     served.append(app)
+    app.start()
 
     # what start-up allocated lives as long as the process: keep the
     # collector from walking it again and again (XXX: measured at about a
@@ -184,8 +203,19 @@ async def run(config: ServeConfig) -> None:
     stop = asyncio.Event()
     started: list[RunningProxy] = []
     loop = asyncio.get_running_loop()
+
+    def stop_or_exit() -> None:
+        if not stop.is_set():
+            stop.set()
+            return
+        # a second signal: out now. The spool is whole lines made durable
+        # before each answer, so nothing on disk is left half written
+        logger.warning("second signal: exiting at once")
+        logging.shutdown()
+        os._exit(1)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop_or_exit)
 
     def reload() -> None:
         if started:

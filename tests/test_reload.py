@@ -116,7 +116,11 @@ async def test_a_broken_edit_keeps_the_old_rules_is_logged_and_a_fix_is_picked_u
 
     assert "Before" == (await send_event(running, upstream))["application"]
     assert digest == running.app.rules.digest
-    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    (warning,) = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == "kstats.rules"
+    ]
     assert "10-portal.toml: rule 'portal': when.page: invalid regex" in (
         warning.getMessage()
     )
