@@ -74,6 +74,9 @@ class ProxySettings:
     stream_read_timeout: float = 30.0
     # log the values added (user ids among them) and refused targets whole
     log_sensitive: bool = False
+    # the longest a client may take to send a request head and an event body,
+    # and may stay silent while it sends a streamed body
+    client_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +207,7 @@ class ProxyApp:
             connect_timeout=settings.stream_connect_timeout,
             read_timeout=settings.stream_read_timeout,
             max_connections=settings.pool.max_connections,
+            client_timeout=settings.client_timeout,
         )
 
     def replace_rules(self, rules: RuleSet) -> None:

@@ -45,6 +45,13 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _seconds(flag: str, text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{flag}: expected seconds > 0, got {text!r}")
+    return value
+
+
 def _yes_or_no(flag: str, text: str) -> bool:
     answer = text.strip().lower()
     if answer in ("yes", "true", "1", "on"):
@@ -117,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--max-event-body", "262144", "largest body read for events, bytes")
     _flag(serve, "--upstream-timeout", "10", "seconds an event may wait for Kaltura")
     _flag(serve, "--grace-period", "20", "seconds to finish requests on SIGTERM")
+    _flag(
+        serve,
+        "--client-timeout",
+        "30",
+        "seconds a client may take to send a request head and event body, or "
+        "stay silent in a streamed body (default 30)",
+    )
     _flag(
         serve,
         "--spool",
@@ -262,6 +276,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
             max_event_body=int(args.max_event_body),
             pool=PoolSettings(total_timeout=timeout),
             log_sensitive=_yes_or_no("--log-sensitive", args.log_sensitive),
+            client_timeout=_seconds("--client-timeout", args.client_timeout),
         )
         secrets = _admin_secrets(args.admin_secret_file)
         grace = float(args.grace_period)

@@ -212,6 +212,8 @@ class EventConnection(asyncio.Protocol):
         self._peer: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None  # of a request begun
+        self._client_timeout = app.settings.client_timeout
         self._paused = False
         self.busy = False
 
@@ -239,6 +241,26 @@ class EventConnection(asyncio.Protocol):
         self._transport = None
         if self._idle is not None:
             self._idle.cancel()
+        self._cancel_deadline()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        """A request not whole by its deadline: 408, and the connection goes."""
+        self._deadline = None
+        transport = self._transport
+        if transport is None or self.busy:
+            return
+        body = b"request not received in time\n"
+        transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        transport.close()
+        self._app.metrics.rejected.inc("slow_request")
 
     # -- requests -----------------------------------------------------------
 
@@ -249,7 +271,13 @@ class EventConnection(asyncio.Protocol):
             self._buffer, max_head=self._max_head, max_body=self._max_body
         )
         if parsed is Verdict.NEED_MORE:
+            # a request has begun: it must be whole within the deadline
+            if self._deadline is None:
+                self._deadline = self._loop.call_later(
+                    self._client_timeout, self._too_slow
+                )
             return
+        self._cancel_deadline()
         if parsed is Verdict.ELSEWHERE:
             self._hand_over()
             return
@@ -317,6 +345,7 @@ class EventConnection(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
 
+        self._cancel_deadline()
         handler = self._fallback()
         transport.set_protocol(handler)
         handler.connection_made(transport)

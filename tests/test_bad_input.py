@@ -9,6 +9,7 @@ request a good event on the same proxy still goes through.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -565,3 +566,97 @@ async def test_superscript_digit_sub_request_index_is_passed_on_unchanged(
     response = await send_raw(proxy.ports[0], sent.request)
     assert response.status == 200
     assert recorder.received == [(sent.target, sent.body)]
+
+
+# -- slow clients and values that would break lines -------------------------------
+
+
+async def _closed_after(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    return await asyncio.wait_for(reader.read(), seconds)
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [
+        pytest.param(
+            b"GET /api_v3/index.php?service=stats&action=collect HTTP/1.1\r\n",
+            id="slow-headers",
+        ),
+        pytest.param(
+            b"POST /api_v3/index.php?service=stats&action=collect HTTP/1.1\r\n"
+            b"Host: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 100\r\n\r\nevent:eventType=3",
+            id="slow-body",
+        ),
+    ],
+)
+async def test_a_client_too_slow_to_send_its_request_gets_408_and_is_cut_off(
+    upstream: Upstream, start_proxy: ProxyFactory, partial: bytes
+) -> None:
+    proxy = await start_proxy(upstream.url, client_timeout=0.3)
+    before = len(upstream.standin.received)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.ports[0])
+    writer.write(partial)
+    await writer.drain()
+
+    answer = await _closed_after(reader, 3)  # read() returns at EOF
+    writer.close()
+
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert len(upstream.standin.received) == before
+    assert 1 == proxy.app.metrics.rejected.value("slow_request")
+    await assert_still_serving(proxy, upstream)
+
+
+async def test_a_client_silent_in_a_streamed_upload_is_cut_off(
+    upstream: Upstream, start_proxy: ProxyFactory
+) -> None:
+    proxy = await start_proxy(upstream.url, client_timeout=0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.ports[0])
+    writer.write(
+        b"POST /api_v3/index.php?service=uploadToken&action=upload HTTP/1.1\r\n"
+        b"Host: x\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Length: 1000000\r\n\r\n" + b"x" * 1000
+    )
+    await writer.drain()
+
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+
+    # the upload is abandoned, upstream too, and the client told so
+    assert head.startswith(b"HTTP/1.1 504 ")
+    assert 1 == proxy.app.metrics.upstream_failures.value("timeout")
+    await assert_still_serving(proxy, upstream)
+
+
+CRLF_COOKIE_RULES = """\
+[kaltura]
+partner_id = 1234
+widget_ks = false
+
+[[rule]]
+name = "cookie-user"
+userId = [{ cookie = "lms_user", decode = "url" }]
+"""
+
+
+async def test_crlf_in_a_cookie_value_cannot_add_a_header_upstream(
+    upstream: Upstream, start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(CRLF_COOKIE_RULES)
+    proxy = await start_proxy(upstream.url, rules=rules)
+    value = "eve%0D%0AX-Injected:%201%0D%0A"
+
+    response = await send(proxy, cookie_event_with("lms_user", value))
+
+    assert response.status == 200
+    seen = upstream.standin.received[-1]
+    assert seen.header("X-Injected") is None
+    assert "\r" not in seen.target and "\n" not in seen.target
+    # the user with control characters is not a valid userId: none added
+    assert "event:userId" not in seen.target
+
+
+def cookie_event_with(name: str, value: str) -> Sent:
+    return build("GET", GOOD_EVENT, [("Cookie", f"{name}={value}")])

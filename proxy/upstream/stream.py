@@ -12,8 +12,9 @@ Serves step 5 (forward).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Final
 
 import aiohttp
@@ -42,16 +43,63 @@ class StreamFailure(Exception):
         self.reason = reason
 
 
-async def _body_chunks(prefix: bytes, request: web.BaseRequest) -> AsyncIterator[bytes]:
+async def _body_chunks(
+    prefix: bytes,
+    request: web.BaseRequest,
+    idle_timeout: float,
+    stalled: asyncio.Event,
+) -> AsyncIterator[bytes]:
+    """The request body as it arrives.
+
+    A client silent for ``idle_timeout`` seconds sets ``stalled`` (the
+    forwarder then gives up on the whole exchange) and ends the body, so
+    that it cannot hold a connection, here or upstream.
+    """
     if prefix:
         yield prefix
-    async for chunk in request.content.iter_any():
+    chunks = request.content.iter_any()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), idle_timeout)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            stalled.set()
+            return
         yield chunk
 
 
 def _header_text(raw: bytes) -> str:
     """Header bytes as aiohttp's server will write them back: UTF-8."""
     return raw.decode("utf-8", "surrogateescape")
+
+
+class _ClientStalled(TimeoutError):
+    """The client stopped sending its request body."""
+
+
+async def _unless_stalled(
+    sending: Awaitable[aiohttp.ClientResponse], stalled: asyncio.Event
+) -> aiohttp.ClientResponse:
+    """The upstream's answer, or _ClientStalled once the client went silent."""
+    loop = asyncio.get_running_loop()
+    exchange = loop.create_task(_awaited(sending), name="kstats-stream-send")
+    watch = loop.create_task(stalled.wait(), name="kstats-stream-stall")
+    try:
+        await asyncio.wait({exchange, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if exchange.done():
+        return exchange.result()
+    exchange.cancel()
+    await asyncio.gather(exchange, return_exceptions=True)
+    raise _ClientStalled("the client stopped sending its request body")
+
+
+async def _awaited(
+    sending: Awaitable[aiohttp.ClientResponse],
+) -> aiohttp.ClientResponse:
+    return await sending
 
 
 class StreamingForwarder:
@@ -64,8 +112,10 @@ class StreamingForwarder:
         connect_timeout: float = 3.0,
         read_timeout: float = 30.0,
         max_connections: int = 256,
+        client_timeout: float = 30.0,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        self._client_timeout = client_timeout
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
@@ -108,22 +158,24 @@ class StreamingForwarder:
         ``body_complete``, the rest still comes from the client's stream.
         """
         data: bytes | AsyncIterator[bytes] | None = None
+        stalled = asyncio.Event()
         if body_complete and (body_prefix or request.body_exists):
             data = body_prefix
         elif not body_complete and request.body_exists:
-            data = _body_chunks(body_prefix, request)
+            data = _body_chunks(body_prefix, request, self._client_timeout, stalled)
 
         # yarl would re-quote the target: hand it over encoded as it came
         url = URL(self._base_url + target, encoded=True)
+        sending = self._client().request(
+            request.method,
+            url,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            compress=None,
+        )
         try:
-            upstream = await self._client().request(
-                request.method,
-                url,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                compress=None,
-            )
+            upstream = await _unless_stalled(sending, stalled)
         except TimeoutError as error:
             raise StreamFailure(
                 "timeout", f"upstream {self._base_url}: {error!r}"
