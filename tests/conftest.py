@@ -74,6 +74,7 @@ async def _start_proxy(offline_rules: Path) -> AsyncIterator[ProxyFactory]:
         rules: Path | str | None = None,
         admin_secrets: Any = None,
         reload_interval: float = 2.0,
+        spool_dir: str | None = None,
         **settings: Any,
     ) -> RunningProxy:
         config = ServeConfig(
@@ -82,6 +83,7 @@ async def _start_proxy(offline_rules: Path) -> AsyncIterator[ProxyFactory]:
             admin_listen=("127.0.0.1", 0),
             proxy=ProxySettings(upstream_url=upstream_url, **settings),
             reload_interval=reload_interval,
+            spool_dir=spool_dir,
             **({"admin_secrets": admin_secrets} if admin_secrets else {}),
         )
         running = await start(config)
