@@ -128,13 +128,18 @@ def _json_text(value: Any) -> str | None:
 
 
 class JsonDocument:
-    """A parsed JSON body, and whether an event value was written into it."""
+    """A parsed JSON body, and whether an event value was written into it.
 
-    __slots__ = ("changed", "data")
+    ``exact`` says it holds integers over 64 bits, which only the standard
+    library's ``json`` writes back as they came.
+    """
 
-    def __init__(self, data: dict[str, Any]) -> None:
+    __slots__ = ("changed", "data", "exact")
+
+    def __init__(self, data: dict[str, Any], *, exact: bool = False) -> None:
         self.data = data
         self.changed = False
+        self.exact = exact
 
 
 class JsonStore:

@@ -20,6 +20,8 @@ events, to be forwarded as it came for Kaltura to judge.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
@@ -73,6 +75,11 @@ class Recognised:
         if self.form is not None and self.form.changed:
             return self.form.render().encode()
         if self.json is not None and self.json.changed:
+            if self.json.exact:
+                text = json.dumps(
+                    self.json.data, ensure_ascii=False, separators=(",", ":")
+                )
+                return text.encode("utf-8", "surrogatepass")
             return orjson.dumps(self.json.data)
         return original
 
@@ -107,6 +114,8 @@ def _media_type(content_type: str | None) -> str:
     return content_type.partition(";")[0].strip().lower()
 
 
+# a digit run longer than any 64-bit integer
+_LONG_DIGITS: Final = re.compile(rb"\d{19,}")
 _ParsedBody = tuple[BodyKind, QueryParams | None, JsonDocument | None]
 _NO_BODY: Final[_ParsedBody] = (BodyKind.NONE, None, None)
 
@@ -122,11 +131,14 @@ def _parse_body(content_type: str | None, body: bytes | None) -> _ParsedBody:
         if media_type == "application/json":
             stripped = body.strip()
             if stripped.startswith(b"{") and stripped.endswith(b"}"):
-                data = orjson.loads(stripped)
+                # orjson keeps integers to 64 bits; longer digit runs are
+                # read (and written back) by the standard library, exactly
+                big = _LONG_DIGITS.search(stripped) is not None
+                data = json.loads(stripped) if big else orjson.loads(stripped)
                 if isinstance(data, dict):
-                    return BodyKind.JSON, None, JsonDocument(data)
-    except (UnicodeDecodeError, orjson.JSONDecodeError):
-        pass
+                    return BodyKind.JSON, None, JsonDocument(data, exact=big)
+    except (UnicodeDecodeError, ValueError):
+        pass  # orjson's and json's decode errors are ValueErrors
     return BodyKind.OPAQUE, None, None
 
 
