@@ -77,6 +77,9 @@ class ProxySettings:
     # the longest a client may take to send a request head and an event body,
     # and may stay silent while it sends a streamed body
     client_timeout: float = 30.0
+    # the largest declared request body passed on (0: no limit; uploads of
+    # media go through the same API)
+    max_request_body: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +239,9 @@ class ProxyApp:
         target = origin_form(request.raw_path)
         if target is None:
             return self._reject("bad_target", 400, "invalid request target\n")
+        limit = self.settings.max_request_body
+        if limit and (request.content_length or 0) > limit:
+            return self._reject("body_too_large", 413, "request body too large\n")
         if request.body_exists:
             await _continue(request)
 

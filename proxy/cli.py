@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--grace-period", "20", "seconds to finish requests on SIGTERM")
     _flag(
         serve,
+        "--max-request-body",
+        "0",
+        "largest request body passed on, bytes; 413 past it (default 0: no limit)",
+    )
+    _flag(
+        serve,
         "--client-timeout",
         "30",
         "seconds a client may take to send a request head and event body, or "
@@ -277,6 +283,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
             pool=PoolSettings(total_timeout=timeout),
             log_sensitive=_yes_or_no("--log-sensitive", args.log_sensitive),
             client_timeout=_seconds("--client-timeout", args.client_timeout),
+            max_request_body=int(args.max_request_body),
         )
         secrets = _admin_secrets(args.admin_secret_file)
         grace = float(args.grace_period)

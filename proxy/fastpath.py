@@ -74,6 +74,17 @@ class Verdict(Enum):
 
     NEED_MORE = "need more bytes"
     ELSEWHERE = "for aiohttp's server"
+    LINE_TOO_LONG = "request line too long"  # 414
+    HEAD_TOO_LARGE = "request head too large"  # 431
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """The largest request line, header line and whole head, in bytes."""
+
+    line: int = 16384
+    field: int = 16384
+    head: int = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +106,22 @@ def _text(raw: bytes) -> str:
 
 
 def read_event_request(
-    buffer: bytearray, *, max_head: int, max_body: int
+    buffer: bytearray, *, limits: HeadLimits, max_body: int
 ) -> ParsedRequest | Verdict:
     """Read the request at the start of ``buffer``.
 
     Returns the request when it is complete and the event path may answer
-    it, or says that more bytes are needed or that it is aiohttp's to serve.
+    it, or says that more bytes are needed, that it is aiohttp's to serve,
+    or that its head is over the limits (whatever the request is).
     """
-    head_end = buffer.find(b"\r\n\r\n", 0, max_head + 4)
+    head_end = buffer.find(b"\r\n\r\n", 0, limits.head + 4)
+    line_end = buffer.find(b"\r\n", 0, limits.line + 2)
+    if line_end < 0 and len(buffer) > limits.line:
+        return Verdict.LINE_TOO_LONG
     if head_end < 0:
-        return Verdict.NEED_MORE if len(buffer) <= max_head else Verdict.ELSEWHERE
+        return (
+            Verdict.NEED_MORE if len(buffer) <= limits.head else Verdict.HEAD_TOO_LARGE
+        )
     head_size = head_end + 4
 
     head = _Head()
@@ -113,6 +130,11 @@ def read_event_request(
         parser.feed_data(bytes(buffer[:head_size]))
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):
         return Verdict.ELSEWHERE
+    if any(
+        len(name) + len(value) + 2 > limits.field
+        for name, value in zip(head.names, head.values, strict=True)
+    ):
+        return Verdict.HEAD_TOO_LARGE
     method = parser.get_method()
     if not head.complete or method not in (b"GET", b"POST"):
         return Verdict.ELSEWHERE
@@ -197,13 +219,13 @@ class EventConnection(asyncio.Protocol):
         fallback: Callable[[], asyncio.Protocol],
         connections: EventConnections,
         *,
-        max_head: int,
+        limits: HeadLimits,
         idle_timeout: float = 75.0,
     ) -> None:
         self._app = app
         self._fallback = fallback
         self._connections = connections
-        self._max_head = max_head
+        self._limits = limits
         self._max_body = app.settings.max_event_body
         self._idle_timeout = idle_timeout
         self._loop = asyncio.get_running_loop()
@@ -230,7 +252,9 @@ class EventConnection(asyncio.Protocol):
         self._buffer += data
         if not self.busy:
             self._next_request()
-        elif len(self._buffer) > self._max_head + self._max_body and not self._paused:
+        elif (
+            len(self._buffer) > self._limits.head + self._max_body and not self._paused
+        ):
             # a client that sends ahead while an answer is pending waits
             self._transport.pause_reading()  # type: ignore[union-attr]
             self._paused = True
@@ -251,16 +275,27 @@ class EventConnection(asyncio.Protocol):
     def _too_slow(self) -> None:
         """A request not whole by its deadline: 408, and the connection goes."""
         self._deadline = None
+        if not self.busy:
+            self._refuse(
+                b"408 Request Timeout",
+                b"request not received in time\n",
+                "slow_request",
+            )
+
+    def _refuse(self, status: bytes, body: bytes, reason: str) -> None:
+        """Answer ``status`` with a short plain ``body`` and close the connection."""
+        self._cancel_deadline()
         transport = self._transport
-        if transport is None or self.busy:
+        if transport is None:
             return
-        body = b"request not received in time\n"
         transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (status, len(body), body)
         )
         transport.close()
-        self._app.metrics.rejected.inc("slow_request")
+        self._buffer.clear()
+        self._app.metrics.rejected.inc(reason)
 
     # -- requests -----------------------------------------------------------
 
@@ -268,7 +303,7 @@ class EventConnection(asyncio.Protocol):
         if self._transport is None or not self._buffer:
             return
         parsed = read_event_request(
-            self._buffer, max_head=self._max_head, max_body=self._max_body
+            self._buffer, limits=self._limits, max_body=self._max_body
         )
         if parsed is Verdict.NEED_MORE:
             # a request has begun: it must be whole within the deadline
@@ -280,6 +315,18 @@ class EventConnection(asyncio.Protocol):
         self._cancel_deadline()
         if parsed is Verdict.ELSEWHERE:
             self._hand_over()
+            return
+        if parsed is Verdict.LINE_TOO_LONG:
+            self._refuse(
+                b"414 URI Too Long", b"request line too long\n", "line_too_long"
+            )
+            return
+        if parsed is Verdict.HEAD_TOO_LARGE:
+            self._refuse(
+                b"431 Request Header Fields Too Large",
+                b"request header fields too large\n",
+                "head_too_large",
+            )
             return
 
         end = parsed.head_size + parsed.body_size
@@ -372,7 +419,11 @@ class EventConnection(asyncio.Protocol):
 
 
 def event_protocol_factory(
-    app: ProxyApp, fallback: web.Server, connections: EventConnections, *, max_head: int
+    app: ProxyApp,
+    fallback: web.Server,
+    connections: EventConnections,
+    *,
+    limits: HeadLimits,
 ) -> Callable[[], EventConnection]:
     """What ``loop.create_server`` needs to serve the public port."""
-    return lambda: EventConnection(app, fallback, connections, max_head=max_head)
+    return lambda: EventConnection(app, fallback, connections, limits=limits)

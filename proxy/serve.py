@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from proxy.admin import Readiness, make_admin_app
 from proxy.app import ProxyApp, ProxySettings
-from proxy.fastpath import EventConnections, event_protocol_factory
+from proxy.fastpath import EventConnections, HeadLimits, event_protocol_factory
 from proxy.kaltura.ks import AdminSecrets
 from proxy.kaltura.session import KsReader
 from proxy.metrics import Metrics
@@ -44,8 +44,9 @@ class ServeConfig:
     admin_listen: tuple[str, int] = ("0.0.0.0", 8081)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     admin_secrets: AdminSecrets = AdminSecrets.EMPTY
-    max_line_size: int = 16384
-    max_field_size: int = 16384
+    max_line_size: int = 16384  # 414 past it
+    max_field_size: int = 16384  # one header line; 431 past it
+    max_head_size: int = 65536  # the whole head; 431 past it
     grace_period: float = 20.0
     reload_interval: float = 2.0  # 0: reload on SIGHUP only
     spool_dir: str | None = None  # None: events Kaltura does not take are lost
@@ -148,7 +149,12 @@ async def start(config: ServeConfig) -> RunningProxy:
     )
     connections = EventConnections()
     protocol = event_protocol_factory(
-        app, server, connections, max_head=config.max_field_size
+        app,
+        server,
+        connections,
+        limits=HeadLimits(
+            config.max_line_size, config.max_field_size, config.max_head_size
+        ),
     )
     loop = asyncio.get_running_loop()
     host, port = config.listen

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from support import load_records
 
-from proxy.fastpath import Verdict, read_event_request
+from proxy.fastpath import HeadLimits, Verdict, read_event_request
 
 EVENT = (
     "/api_v3/index.php?service=stats&action=collect&format=1"
@@ -23,7 +23,7 @@ def head(method: str, target: str, *headers: str, body: bytes = b"") -> bytes:
 
 
 def read(raw: bytes) -> object:
-    return read_event_request(bytearray(raw), max_head=16384, max_body=262144)
+    return read_event_request(bytearray(raw), limits=HeadLimits(), max_body=262144)
 
 
 def test_an_event_get_is_read_with_its_sizes() -> None:
@@ -53,7 +53,6 @@ def test_an_event_get_is_read_with_its_sizes() -> None:
         head("POST", EVENT, "Content-Type: application/json", body=b"x" * 300000),
         head("GET", EVENT, "Upgrade: websocket", "Connection: Upgrade"),
         b"GARBAGE / HTTP/1.1\r\n\r\n",
-        b"GET / HTTP/1.1\r\n" + b"X: " + b"y" * 20000 + b"\r\n\r\n",
     ],
     ids=[
         "player-file",
@@ -66,11 +65,47 @@ def test_an_event_get_is_read_with_its_sizes() -> None:
         "oversized-body",
         "upgrade",
         "garbage",
-        "oversized-head",
     ],
 )
 def test_anything_but_a_small_event_goes_to_aiohttp(raw: bytes) -> None:
     assert Verdict.ELSEWHERE is read(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "verdict"),
+    [
+        pytest.param(
+            b"GET / HTTP/1.1\r\nX: " + b"y" * 20000 + b"\r\n\r\n",
+            Verdict.HEAD_TOO_LARGE,
+            id="one-header-over-16-KiB",
+        ),
+        pytest.param(
+            b"GET / HTTP/1.1\r\n"
+            + b"".join(b"X-%d: %s\r\n" % (n, b"y" * 9000) for n in range(8)),
+            Verdict.HEAD_TOO_LARGE,
+            id="a-head-over-64-KiB-unfinished",
+        ),
+        pytest.param(
+            b"GET /" + b"a" * 17000 + b" HTTP/1.1\r\n\r\n",
+            Verdict.LINE_TOO_LONG,
+            id="request-line-over-16-KiB",
+        ),
+        pytest.param(
+            b"GET /" + b"a" * 17000,
+            Verdict.LINE_TOO_LONG,
+            id="request-line-over-16-KiB-unfinished",
+        ),
+    ],
+)
+def test_a_head_over_the_limits_is_refused_whatever_the_request(
+    raw: bytes, verdict: Verdict
+) -> None:
+    assert verdict is read(raw)
+
+
+def test_a_head_just_within_the_limits_is_read() -> None:
+    raw = head("GET", EVENT, "X-Pad: " + "y" * 16000)
+    assert not isinstance(read(raw), Verdict)
 
 
 def test_a_partial_head_or_body_waits_for_more_bytes() -> None:
