@@ -123,6 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(serve, "--max-event-body", "262144", "largest body read for events, bytes")
     _flag(serve, "--upstream-timeout", "10", "seconds an event may wait for Kaltura")
+    _flag(
+        serve,
+        "--upstream-connect-timeout",
+        "3",
+        "seconds to open a connection to Kaltura (default 3)",
+    )
+    _flag(
+        serve,
+        "--upstream-read-timeout",
+        "30",
+        "seconds a streamed answer may stay silent (default 30)",
+    )
+    _flag(
+        serve,
+        "--max-upstream-connections",
+        "256",
+        "connections to Kaltura open at once, per kind of traffic (default 256)",
+    )
     _flag(serve, "--grace-period", "20", "seconds to finish requests on SIGTERM")
     _flag(
         serve,
@@ -274,13 +292,25 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         Origin.from_url(args.upstream)
         listen = _address(args.listen)
         admin_listen = _address(args.admin_listen)
-        timeout = float(args.upstream_timeout)
+        timeout = _seconds("--upstream-timeout", args.upstream_timeout)
+        connect_timeout = _seconds(
+            "--upstream-connect-timeout", args.upstream_connect_timeout
+        )
+        max_connections = int(args.max_upstream_connections)
         proxy = ProxySettings(
             upstream_url=args.upstream,
             forward_cookies=_names(args.forward_cookies),
             trusted_proxies=tuple(sorted(_names(args.trusted_proxies))),
             max_event_body=int(args.max_event_body),
-            pool=PoolSettings(total_timeout=timeout),
+            pool=PoolSettings(
+                total_timeout=timeout,
+                connect_timeout=connect_timeout,
+                max_connections=max_connections,
+            ),
+            stream_connect_timeout=connect_timeout,
+            stream_read_timeout=_seconds(
+                "--upstream-read-timeout", args.upstream_read_timeout
+            ),
             log_sensitive=_yes_or_no("--log-sensitive", args.log_sensitive),
             client_timeout=_seconds("--client-timeout", args.client_timeout),
             max_request_body=int(args.max_request_body),
