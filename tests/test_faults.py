@@ -330,3 +330,46 @@ async def test_sigterm_under_load_fails_no_request_in_flight_and_exits_in_time(
     assert {"200"} == set(before)  # nothing begun before the signal failed
     assert 0 == code
     assert exited < 6.0  # within the 5 s grace period, and then some
+
+
+@pytest.mark.timeout(90)
+async def test_a_second_signal_exits_at_once_and_the_spool_stays_whole(
+    rules: Path, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    async with faulty_kaltura() as kaltura:
+        kaltura.mode = "reset"
+        process, port, admin = serve_process(
+            rules, spool, kaltura.port, "--grace-period", "30"
+        )
+        try:
+            async with aiohttp.ClientSession() as session:
+                await until_ready(session, admin)
+                answers = [await send(session, port, n) for n in range(10)]
+                # keep a download in flight so that the first stop must wait
+                kaltura.mode = "hang"
+                pending = asyncio.ensure_future(
+                    session.get(f"http://127.0.0.1:{port}/p/1234/flavor/a.mp4")
+                )
+                await asyncio.sleep(0.1)
+                signalled = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.1)
+                process.send_signal(signal.SIGTERM)
+                code = await asyncio.to_thread(process.wait, 10)
+                exited = time.monotonic() - signalled
+                with contextlib.suppress(aiohttp.ClientError):
+                    (await pending).close()
+        finally:
+            stop(process)
+        assert {200} == {status for status, _, _ in answers}
+        assert 1 == code and exited < 5  # not the 30 s grace period
+
+        # started again: every event its player was answered for arrives
+        kaltura.mode = "ok"
+        again, _, _ = serve_process(rules, spool, kaltura.port)
+        try:
+            await until_delivered(kaltura, 10, 40)
+        finally:
+            stop(again)
+        assert {f"s{n}" for n in range(10)} <= set(kaltura.delivered())
