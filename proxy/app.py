@@ -18,6 +18,7 @@ a bug in a rule never costs an event.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,13 @@ from proxy.kaltura.ks import NO_SECRETS, AdminSecrets
 from proxy.kaltura.recognise import Recognised, RequestKind, is_api_path, recognise
 from proxy.kaltura.session import KsReader
 from proxy.metrics import Metrics, event_type_label
+from proxy.normalize import (
+    DEFAULT_MAX_LINE,
+    EventGet,
+    Normalised,
+    merge_results,
+    normalise,
+)
 from proxy.remote import RemoteServices
 from proxy.replayer import Replayer, accepted
 from proxy.rules.model import RuleSet
@@ -80,6 +88,11 @@ class ProxySettings:
     # the largest declared request body passed on (0: no limit; uploads of
     # media go through the same API)
     max_request_body: int = 0
+    # --normalize get (or [kaltura] normalize = "get"): see proxy.normalize
+    normalize_get: bool = False
+    max_get_line: int = DEFAULT_MAX_LINE
+    # --shadow: resolve and count, forward every request as it came
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,9 +323,14 @@ class ProxyApp:
         """
         started = time.perf_counter()
         outcomes: list[EventOutcome] = []
+        rules = self.rules  # one set for the whole request, reloads or not
         try:
             outcomes = await self._enricher.enrich(
-                self.rules, recognised, headers=request.headers, host=request.host
+                rules,
+                recognised,
+                headers=request.headers,
+                host=request.host,
+                widget_ks=not self.settings.shadow,
             )
             target = recognised.render_target()
             new_body = recognised.render_body(body)
@@ -322,6 +340,31 @@ class ProxyApp:
         enrich_seconds = time.perf_counter() - started
 
         kind = recognised.kind
+        if self.settings.shadow:
+            # count what would have been added; send what came
+            target, new_body = request.target, body
+        elif self.settings.normalize_get or rules.kaltura.normalize_get:
+            normalised = normalise(
+                recognised, request.method, max_line=self.settings.max_get_line
+            )
+            if not isinstance(normalised, str):
+                self.metrics.normalized.inc("normalized")
+                answer, upstream_seconds = await self._forward_normalised(
+                    request, normalised
+                )
+                self._record(
+                    request.method,
+                    request.peer,
+                    request.headers,
+                    kind,
+                    answer.status,
+                    outcomes,
+                    enrich_seconds,
+                    upstream_seconds,
+                )
+                return answer
+            if normalised != "not_needed":
+                self.metrics.normalized.inc(normalised)
         answer, upstream_seconds = await self._forward_events(
             request, recognised, target, new_body
         )
@@ -407,6 +450,61 @@ class ProxyApp:
             upstream.body,
         )
         return relayed, seconds
+
+    async def _forward_normalised(
+        self, request: EventRequest, normalised: Normalised
+    ) -> tuple[EventAnswer, float | None]:
+        """Each event as its own GET, the other calls together; one answer."""
+        started = time.perf_counter()
+        get_headers = CIMultiDict(
+            (name, value)
+            for name, value in request.headers.items()
+            if name.lower() not in ("content-type", "content-length")
+        )
+
+        async def one_get(get: EventGet) -> EventAnswer:
+            sub = EventRequest(
+                "GET",
+                get.target,
+                CIMultiDictProxy(get_headers),
+                request.peer,
+                request.host,
+            )
+            recognised = recognise("GET", get.target, None, None)
+            answer, _ = await self._forward_events(sub, recognised, get.target, b"")
+            return answer
+
+        answers = await asyncio.gather(*(one_get(get) for get in normalised.gets))
+        if normalised.calls == 0:
+            return answers[0], time.perf_counter() - started
+
+        # the other calls, then the results in the player's order
+        other_answer: bytes | None = None
+        if normalised.others is not None:
+            calls = normalised.others
+            headers = upstream_headers(
+                request.headers, request.peer, self._forwarding, keep_length=False
+            )
+            headers = [(n, v) for n, v in headers if n.lower() != "content-type"]
+            if calls.content_type is not None:
+                headers.append(("Content-Type", calls.content_type))
+            try:
+                upstream = await self._pool.request(
+                    calls.method, calls.target, headers, calls.body
+                )
+            except (UpstreamError, ValueError) as error:
+                logger.warning(
+                    "the other calls of a normalised multirequest failed: %s", error
+                )
+                return _plain_answer(502, "Bad Gateway", "upstream unavailable\n"), None
+            other_answer = upstream.body
+        body = merge_results(normalised, [a.body for a in answers], other_answer)
+        media = "text/xml" if normalised.fmt == "2" else "application/json"
+        answer_headers: CIMultiDict[str] = CIMultiDict(
+            {"Content-Type": media, "Access-Control-Allow-Origin": "*"}
+        )
+        answer = EventAnswer(200, "OK", answer_headers, body)
+        return answer, time.perf_counter() - started
 
     async def _spool(
         self,
@@ -495,6 +593,10 @@ class ProxyApp:
     ) -> None:
         metrics = self.metrics
         metrics.requests.inc(kind, status)
+        # shadow figures apart: what would have been, never what was
+        settled = (
+            metrics.shadow_enrichments if self.settings.shadow else metrics.enrichments
+        )
         for outcome in outcomes:
             event = outcome.event
             label = event_type_label(event.api, event.event_type)
@@ -502,7 +604,7 @@ class ProxyApp:
             for rule in outcome.matched:
                 metrics.rule_matches.inc(rule)
             for enrichment in outcome.enrichments:
-                metrics.enrichments.inc(enrichment.field, enrichment.source)
+                settled.inc(enrichment.field, enrichment.source)
             self.coverage.record(outcome)
 
         if self.access_log.enabled:
@@ -525,6 +627,8 @@ class ProxyApp:
                     else round(upstream_seconds * 1000, 3)
                 ),
             }
+            if self.settings.shadow:
+                fields["shadow"] = True  # "added": what would have been
             if self.settings.log_sensitive:
                 # the operator asked for it: the values themselves
                 fields["values"] = [

@@ -52,6 +52,12 @@ def _seconds(flag: str, text: str) -> float:
     return value
 
 
+def _normalize(text: str) -> bool:
+    if text not in ("get", "none"):
+        raise ValueError(f"--normalize: expected get or none, got {text!r}")
+    return text == "get"
+
+
 def _yes_or_no(flag: str, text: str) -> bool:
     answer = text.strip().lower()
     if answer in ("yes", "true", "1", "on"):
@@ -142,6 +148,26 @@ def build_parser() -> argparse.ArgumentParser:
         "connections to Kaltura open at once, per kind of traffic (default 256)",
     )
     _flag(serve, "--grace-period", "20", "seconds to finish requests on SIGTERM")
+    _flag(
+        serve,
+        "--normalize",
+        "none",
+        "get: send every stats event as its own GET, which the legacy reports "
+        "pipeline reads (default none)",
+    )
+    _flag(
+        serve,
+        "--max-get-line",
+        "8192",
+        "with --normalize get: the longest GET line made; longer events go as "
+        "they came (default 8192)",
+    )
+    serve.add_argument(
+        "--shadow",
+        action="store_true",
+        default=_yes_or_no("KSTATS_SHADOW", os.environ.get("KSTATS_SHADOW", "no")),
+        help="resolve and count what would be added, forward every request as it came",
+    )
     _flag(
         serve,
         "--max-request-body",
@@ -266,6 +292,12 @@ def _add_dry_run_commands(commands: Any) -> None:
         "replay", help="recorded requests through the rules: coverage per field"
     )
     _flag(replay, "--rules", "rules/", "rules file or directory (default rules/)")
+    replay.add_argument(
+        "--normalize",
+        choices=("get", "none"),
+        help="what the legacy-pipeline figures assume of serve's --normalize "
+        "(default: the rules' [kaltura] normalize)",
+    )
     replay.add_argument("records", metavar="FILE.jsonl", help="recorded requests")
     replay.add_argument(
         "--diff", action="store_true", help="also show each request's change"
@@ -314,6 +346,9 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
             log_sensitive=_yes_or_no("--log-sensitive", args.log_sensitive),
             client_timeout=_seconds("--client-timeout", args.client_timeout),
             max_request_body=int(args.max_request_body),
+            normalize_get=_normalize(args.normalize),
+            max_get_line=int(args.max_get_line),
+            shadow=bool(args.shadow),
         )
         secrets = _admin_secrets(args.admin_secret_file)
         grace = float(args.grace_period)
@@ -453,6 +488,7 @@ def _replay(args: argparse.Namespace) -> int:
                 rules_path=args.rules,
                 ks_reader=ks_reader,
                 keep_changes=args.diff,
+                normalize=None if args.normalize is None else args.normalize == "get",
             )
         )
     except RecordError as error:

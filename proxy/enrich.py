@@ -119,8 +119,13 @@ class Enricher:
         *,
         headers: Mapping[str, str],
         host: str,
+        widget_ks: bool = True,
     ) -> list[EventOutcome]:
-        """Enrich every event of ``recognised`` in place; report the outcomes."""
+        """Enrich every event of ``recognised`` in place; report the outcomes.
+
+        ``widget_ks`` false skips the widget KS (shadow mode sends nothing
+        of the proxy's own).
+        """
         params: tuple[QueryParams, ...] = (recognised.query,)
         if recognised.form is not None:
             params = (recognised.query, recognised.form)
@@ -151,7 +156,7 @@ class Enricher:
                     event.set(enrichment.field, enrichment.value)
 
         # an event with a user and no KS: a widget KS, so the user counts
-        if services is not None and rules.kaltura.widget_ks:
+        if services is not None and rules.kaltura.widget_ks and widget_ks:
             for outcome in outcomes:
                 await _attach_widget_ks(services, rules.kaltura, outcome)
         return outcomes

@@ -207,6 +207,20 @@ class Metrics(Collector):
             "unreadable lines, and requests that could not be written.",
             (),
         )
+        self.normalized = CounterFamily(
+            "kstats_normalized_requests",
+            "Event requests under --normalize get: normalized (each stats "
+            "event sent as its own GET), or sent as they came, by why: "
+            "line_too_long, format, back_reference.",
+            ("result",),
+        )
+        self.shadow_enrichments = CounterFamily(
+            "kstats_shadow_enrichments",
+            "Under --shadow: how each report field of each event would have "
+            "been settled (kstats_enrichments_total's labels); nothing was "
+            "changed.",
+            ("field", "source"),
+        )
         self.lookup_requests = CounterFamily(
             "kstats_lookup_requests",
             "Asks of each [lookup], by result: hit (answered without a call "
@@ -233,6 +247,8 @@ class Metrics(Collector):
             self.rules_reloads,
             self.spool_replayed,
             self.spool_dropped,
+            self.normalized,
+            self.shadow_enrichments,
         )
         registry.register(self)
         self.spool_events = Gauge(

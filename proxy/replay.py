@@ -47,7 +47,10 @@ from proxy.explain import (
     kind_line,
 )
 from proxy.kaltura.fields import FIELDS, Field
+from proxy.kaltura.recognise import RequestKind, recognise
 from proxy.kaltura.session import KsReader
+from proxy.normalize import DEFAULT_MAX_LINE, normalise
+from proxy.pipeline import Credit, credit
 from proxy.records import TrafficRecord
 from proxy.rules.model import RuleSet
 
@@ -97,6 +100,45 @@ class RecordChange:
 
 
 @dataclass(slots=True)
+class Fidelity:
+    """How the legacy reports pipeline files a replay's events (proxy.pipeline)."""
+
+    before: Counter[Credit] = field(default_factory=Counter)
+    after: Counter[Credit] = field(default_factory=Counter)
+
+    @staticmethod
+    def share(counts: Counter[Credit]) -> float:
+        total = sum(counts.values())
+        return counts[Credit.VIEWER] / total if total else 0.0
+
+
+def _credits(
+    method: str,
+    target: str,
+    content_type: str | None,
+    body: bytes,
+    ks_reader: KsReader,
+    *,
+    normalize: bool,
+    widget_ks: bool,
+) -> list[Credit]:
+    """One credit per event of a request as it would leave the proxy."""
+    recognised = recognise(method, target, content_type, body or None)
+    if not recognised.events or recognised.kind is RequestKind.KAVA:
+        return []  # KAVA events go to another pipeline
+    if normalize:
+        normalised = normalise(recognised, method, max_line=DEFAULT_MAX_LINE)
+        if not isinstance(normalised, str):
+            return [
+                credit("GET", get.target, ks_reader, widget_ks=widget_ks).credit
+                for get in normalised.gets
+            ]
+    if recognised.kind is RequestKind.STATS:
+        return [credit(method, target, ks_reader, widget_ks=widget_ks).credit]
+    return [Credit.UNSEEN for _ in recognised.events]
+
+
+@dataclass(slots=True)
 class CoverageReport:
     """The counts of one replay.
 
@@ -116,6 +158,8 @@ class CoverageReport:
     fields: dict[Field, FieldCoverage] = field(default_factory=dict)
     rules: dict[str, RuleCoverage] = field(default_factory=dict)
     changes: list[RecordChange] | None = None
+    fidelity: Fidelity = field(default_factory=Fidelity)
+    normalize: bool = False
 
     def count(self, explanation: Explanation) -> None:
         """Add one request's explanation to the counts."""
@@ -164,6 +208,7 @@ async def replay_records(
     rules_path: str,
     ks_reader: KsReader | None = None,
     keep_changes: bool = False,
+    normalize: bool | None = None,
 ) -> CoverageReport:
     """Run every record through the rules, sending nothing; count the outcome.
 
@@ -172,6 +217,8 @@ async def replay_records(
     :class:`~proxy.records.RecordError` from ``records`` propagates.
     """
     ks_reader = ks_reader or KsReader()
+    if normalize is None:
+        normalize = rules.kaltura.normalize_get
     report = CoverageReport(
         records_path,
         rules_path,
@@ -179,6 +226,7 @@ async def replay_records(
         fields={f: FieldCoverage() for f in FIELDS},
         rules={r.name: RuleCoverage(r.name, r.origin) for r in rules.rules},
         changes=[] if keep_changes else None,
+        normalize=normalize,
     )
     for record in records:
         explanation = await explain_request(
@@ -190,6 +238,34 @@ async def replay_records(
             body=record.body,
         )
         report.count(explanation)
+        if explanation.passed_through is None:
+            content_type = next(
+                (v for k, v in record.headers if k.lower() == "content-type"), None
+            )
+            # as recorded, and as the proxy would send it (a widget KS
+            # assumed where the proxy would attach one)
+            report.fidelity.before.update(
+                _credits(
+                    record.method,
+                    record.raw_path,
+                    content_type,
+                    record.body,
+                    ks_reader,
+                    normalize=False,
+                    widget_ks=False,
+                )
+            )
+            report.fidelity.after.update(
+                _credits(
+                    record.method,
+                    explanation.target,
+                    content_type,
+                    explanation.body,
+                    ks_reader,
+                    normalize=normalize,
+                    widget_ks=rules.kaltura.widget_ks,
+                )
+            )
         if report.changes is not None:
             report.changes.append(RecordChange(record.seq, record.label, explanation))
     return report
@@ -295,6 +371,32 @@ def _change_lines(change: RecordChange) -> list[str]:
     return lines
 
 
+def _fidelity_lines(report: CoverageReport) -> list[str]:
+    fidelity = report.fidelity
+    rows = [("as recorded", fidelity.before), ("after the proxy", fidelity.after)]
+    table = [
+        [
+            name,
+            str(sum(counts.values())),
+            f"{Fidelity.share(counts):.0%}",
+            *(str(counts[c]) for c in (Credit.UNKNOWN, Credit.SKIPPED, Credit.UNSEEN)),
+        ]
+        for name, counts in rows
+    ]
+    mode = "on" if report.normalize else "off"
+    return [
+        f"legacy reports pipeline (PROTOCOL.md 1.5; --normalize get {mode}):",
+        *align_columns(
+            [["", "events", "credited", "unknown", "skipped", "unseen"], *table],
+            right={1, 2, 3, 4, 5},
+        ),
+        "  credited: filed under a viewer; unknown: under Unknown (no KS, or a",
+        "  KS without a user and no userId); skipped: event types 1, 12, 13;",
+        "  unseen: POST bodies and multirequests, which it never reads. After the",
+        "  proxy, a widget KS is assumed where the proxy would attach one.",
+    ]
+
+
 def render_coverage(report: CoverageReport) -> str:
     """The report as aligned text for a terminal, ending in a newline.
 
@@ -323,6 +425,8 @@ def render_coverage(report: CoverageReport) -> str:
         "",
         *_rule_lines(report),
         "",
+        *_fidelity_lines(report),
+        "",
         DRY_RUN_NOTE,
     ]
     return "\n".join(lines) + "\n"
@@ -341,6 +445,23 @@ def _change_document(change: RecordChange) -> dict[str, Any]:
         "events": [event_document(e) for e in explanation.events],
         "target": change_document(explanation.target_change),
         "body": change_document(explanation.body_change),
+    }
+
+
+def _fidelity_document(report: CoverageReport) -> dict[str, Any]:
+    return {
+        "normalize_get": report.normalize,
+        **{
+            name: {
+                "events": sum(counts.values()),
+                "credited_share": round(Fidelity.share(counts), 4),
+                **{str(c): counts[c] for c in Credit},
+            }
+            for name, counts in (
+                ("before", report.fidelity.before),
+                ("after", report.fidelity.after),
+            )
+        },
     }
 
 
@@ -384,6 +505,7 @@ def coverage_json(report: CoverageReport) -> str:
         },
         "fields": fields,
         "rules": rules,
+        "legacy_pipeline": _fidelity_document(report),
         "network_sources_called": False,
     }
     if report.changes is not None:

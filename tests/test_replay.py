@@ -478,3 +478,22 @@ def test_replay_runs_as_the_console_command() -> None:
     assert 0 == done.returncode, done.stderr
     assert "requests with events: 8 (8 events)" in done.stdout
     assert re.search(r"\napplicationName +1 +7 +0 +value 7\n", done.stdout)
+
+
+def test_replay_reports_what_the_legacy_pipeline_would_credit_before_and_after(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from proxy.cli import main
+
+    records = str(FIXTURES / "python-client.jsonl")
+    assert 0 == main(
+        ["replay", "--rules", str(RULES), "--normalize", "get", "--json", records]
+    )
+    document = json.loads(capsys.readouterr().out)["legacy_pipeline"]
+
+    # the Python client POSTs every event: none reaches the pipeline as sent
+    assert document["before"]["events"] == document["before"]["unseen"] == 9
+    # normalised, each is a GET the pipeline reads
+    assert 0 == document["after"]["unseen"]
+    assert document["after"]["viewer"] >= 1
+    assert document["normalize_get"] is True

@@ -58,6 +58,9 @@ class Store(Protocol):
     def set_param(self, name: str, value: str) -> None:
         """Write request-level parameter ``name`` for this event's call."""
 
+    def event_names(self) -> list[str]:
+        """The event attributes written here, in their order."""
+
 
 class ParamStore:
     """Event values in a query string or form body.
@@ -115,6 +118,12 @@ class ParamStore:
         key = self._param_prefix + name
         raw_key = key.replace(":", "%3A") if self._encoded_keys else key
         self.params.set_raw(key, encode_component(value), raw_key=raw_key)
+
+    def event_names(self) -> list[str]:
+        prefix = self._event_prefix
+        if not prefix:
+            return []  # KAVA's flat names: not a collect event
+        return [key[len(prefix) :] for key in self.params if key.startswith(prefix)]
 
 
 def _json_text(value: Any) -> str | None:
@@ -199,6 +208,10 @@ class JsonStore:
         self._container[name] = value
         self._document.changed = True
 
+    def event_names(self) -> list[str]:
+        event = self._event()
+        return [] if event is None else [str(name) for name in event]
+
 
 class EventView:
     """One player event of a request, as the rules see and edit it.
@@ -266,6 +279,16 @@ class EventView:
     def set_param(self, name: str, value: str) -> None:
         """Give this event's call request-level parameter ``name``."""
         self.primary.set_param(name, value)
+
+    def attributes(self) -> list[tuple[str, str]]:
+        """Every attribute of the event and its decoded value, URL's first."""
+        names = dict.fromkeys(n for store in self.stores for n in store.event_names())
+        found = []
+        for name in names:
+            value = self.attribute(name)
+            if value is not None:
+                found.append((name, value))
+        return found
 
     @property
     def ks(self) -> str | None:

@@ -490,7 +490,9 @@ class _Loader:
         if not isinstance(spec, dict):
             self.problem(where, "expected a table")
             return
-        self.unknown_keys(where, spec, ("partner_id", "service_url", "widget_ks"))
+        self.unknown_keys(
+            where, spec, ("partner_id", "service_url", "widget_ks", "normalize")
+        )
 
         partner_id = spec.get("partner_id")
         if partner_id is not None and (
@@ -525,7 +527,15 @@ class _Loader:
             )
             widget_ks = True
 
-        self.kaltura = KalturaSettings(partner_id, service_url, widget_ks)
+        normalize = spec.get("normalize", "none")
+        if normalize not in ("get", "none"):
+            self.problem(
+                f"{where}: normalize",
+                f"expected 'get' or 'none', got {_show(normalize)}",
+            )
+        self.kaltura = KalturaSettings(
+            partner_id, service_url, widget_ks, normalize_get=normalize == "get"
+        )
         self.kaltura_origin = str(path)
 
     # -- [[rule]] -----------------------------------------------------------

@@ -81,6 +81,7 @@ class KalturaSettings:
     partner_id: int | None = None
     service_url: str | None = None  # None: the upstream
     widget_ks: bool = True
+    normalize_get: bool = False  # normalize = "get": see proxy.normalize
 
 
 @dataclass(frozen=True, slots=True)
