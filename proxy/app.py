@@ -343,30 +343,8 @@ class ProxyApp:
         if self.settings.shadow:
             # count what would have been added; send what came
             target, new_body = request.target, body
-        elif self.settings.normalize_get or rules.kaltura.normalize_get:
-            normalised = normalise(
-                recognised, request.method, max_line=self.settings.max_get_line
-            )
-            if not isinstance(normalised, str):
-                self.metrics.normalized.inc("normalized")
-                answer, upstream_seconds = await self._forward_normalised(
-                    request, normalised
-                )
-                self._record(
-                    request.method,
-                    request.peer,
-                    request.headers,
-                    kind,
-                    answer.status,
-                    outcomes,
-                    enrich_seconds,
-                    upstream_seconds,
-                )
-                return answer
-            if normalised != "not_needed":
-                self.metrics.normalized.inc(normalised)
-        answer, upstream_seconds = await self._forward_events(
-            request, recognised, target, new_body
+        answer, upstream_seconds = await self._send(
+            request, recognised, target, new_body, normalize=rules.kaltura.normalize_get
         )
         self._record(
             request.method,
@@ -379,6 +357,27 @@ class ProxyApp:
             upstream_seconds,
         )
         return answer
+
+    async def _send(
+        self,
+        request: EventRequest,
+        recognised: Recognised,
+        target: str,
+        body: bytes,
+        *,
+        normalize: bool,
+    ) -> tuple[EventAnswer, float | None]:
+        """Forward the (enriched) request: normalised when asked and needed."""
+        if not self.settings.shadow and (self.settings.normalize_get or normalize):
+            normalised = normalise(
+                recognised, request.method, max_line=self.settings.max_get_line
+            )
+            if not isinstance(normalised, str):
+                self.metrics.normalized.inc("normalized")
+                return await self._forward_normalised(request, normalised)
+            if normalised != "not_needed":
+                self.metrics.normalized.inc(normalised)
+        return await self._forward_events(request, recognised, target, body)
 
     async def _forward_events(
         self,

@@ -65,8 +65,18 @@ def _mapped(value: str | None, table: Mapping[str, str] | None) -> str | None:
     return table.get(value)
 
 
+class _NetworkSource:
+    """What every network source shares: only :meth:`fetch` answers."""
+
+    __slots__ = ()
+    needs_network: ClassVar[bool] = True
+
+    def extract(self, context: SourceContext) -> str | None:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
-class LookupSource:
+class LookupSource(_NetworkSource):
     """``lookup``: the legacy application's answer, when ``trigger`` is there."""
 
     trigger: LocalSource  # the cookie (or header) without which no call is made
@@ -74,10 +84,6 @@ class LookupSource:
     table: Mapping[str, str] | None = None
 
     kind: ClassVar[str] = "lookup"
-    needs_network: ClassVar[bool] = True
-
-    def extract(self, context: SourceContext) -> str | None:
-        return None  # only fetch() answers
 
     async def fetch(self, context: SourceContext) -> str | None:
         services = context.services
@@ -88,7 +94,7 @@ class LookupSource:
 
 
 @dataclass(frozen=True, slots=True)
-class CategorySource:
+class CategorySource(_NetworkSource):
     """``category``: a full name built from what ``read`` found, as an id."""
 
     read: LocalSource  # value, page, header, cookie or query, refined
@@ -97,10 +103,6 @@ class CategorySource:
     table: Mapping[str, str] | None = None
 
     kind: ClassVar[str] = "category"
-    needs_network: ClassVar[bool] = True
-
-    def extract(self, context: SourceContext) -> str | None:
-        return None
 
     async def fetch(self, context: SourceContext) -> str | None:
         services = context.services
@@ -116,7 +118,7 @@ class CategorySource:
 
 
 @dataclass(frozen=True, slots=True)
-class EntryCategorySource:
+class EntryCategorySource(_NetworkSource):
     """``entry_category``: the entry's one category under ``prefix``."""
 
     prefix: str
@@ -124,10 +126,6 @@ class EntryCategorySource:
     table: Mapping[str, str] | None = None
 
     kind: ClassVar[str] = "entry_category"
-    needs_network: ClassVar[bool] = True
-
-    def extract(self, context: SourceContext) -> str | None:
-        return None
 
     async def fetch(self, context: SourceContext) -> str | None:
         services = context.services
