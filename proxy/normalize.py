@@ -226,7 +226,12 @@ def merge_results(
     if normalised.others is not None:
         for number, result in zip(normalised.others.numbers, others, strict=False):
             by_number[number] = result
-    ordered = [by_number[n] for n in sorted(by_number)]
+    # a call the answers left out gets an error in its place, never a shift
+    numbers = {g.call for g in normalised.gets if g.call is not None}
+    if normalised.others is not None:
+        numbers.update(normalised.others.numbers)
+    missing = _XML_ERROR if normalised.fmt == "2" else _JSON_ERROR
+    ordered = [by_number.get(n, missing) for n in sorted(numbers)]
     if normalised.fmt == "2":
         return (_XML_HEAD + "".join(ordered) + _XML_TAIL).encode()
     return orjson.dumps(ordered)
@@ -264,6 +269,14 @@ def _xml_items(body: bytes) -> list[str]:
     for item in items:
         item.tail = None
     return [ElementTree.tostring(item, encoding="unicode") for item in items]
+
+
+_JSON_ERROR: Final = {
+    "code": "INTERNAL_SERVER_ERROR",
+    "message": "no answer for this call",
+    "objectType": "KalturaAPIException",
+    "args": {},
+}
 
 
 def result_of(body: bytes) -> Any:

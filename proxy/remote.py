@@ -31,7 +31,7 @@ import aiohttp
 import orjson
 
 from proxy.cache import AnswerCache, Outcome
-from proxy.kaltura.client import KalturaCallError, KalturaClient
+from proxy.kaltura.client import KalturaCallError, KalturaClient, read_limited
 from proxy.kaltura.ks import SESSION_TYPE_ADMIN, AdminSecrets, make_ks_v2
 from proxy.metrics import Metrics
 from proxy.rules.context import SourceContext
@@ -210,7 +210,7 @@ class RemoteServices:
                 settings.url, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
                 status = response.status
-                data = await response.content.read(_MAX_LOOKUP_ANSWER + 1)
+                data = await read_limited(response, _MAX_LOOKUP_ANSWER)
         except (aiohttp.ClientError, TimeoutError) as error:
             logger.warning("lookup %r failed: %r", settings.name, error)
             raise LookupFailed(f"lookup {settings.name!r}: {error!r}") from None

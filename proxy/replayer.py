@@ -84,10 +84,16 @@ class Replayer:
                 self.spool.changed.clear()
                 await self.spool.changed.wait()
                 continue
-            if await self._send(request):
-                self._failures = 0
-                await self.spool.accept_oldest()
-            else:
+            try:
+                sent = await self._send(request)
+                if sent:
+                    self._failures = 0
+                    await self.spool.accept(request)
+            except Exception:
+                # a full disk, say: the replayer must outlive it
+                logger.exception("replaying the spool failed; trying again")
+                sent = False
+            if not sent:
                 self._failures += 1
                 await self._wait()
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import re
@@ -145,7 +146,8 @@ class _Segment:
         os.replace(temporary, self.ack_path)
 
     def remove(self) -> None:
-        for path in (self.path, self.ack_path):
+        # the count first: an orphan count must never meet a new segment
+        for path in (self.ack_path, self.path):
             path.unlink(missing_ok=True)
 
 
@@ -298,6 +300,10 @@ class Spool:
             await asyncio.to_thread(_append_durably, segment.path, data)
         except OSError as error:
             logger.error("spool %s: cannot write: %s", segment.path, error)
+            # cut what was half written, and go on in a fresh segment
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(os.truncate, segment.path, segment.size)
+            segment.size = self._segment_bytes
             for _, _, done in batch:
                 if not done.done():
                     done.set_exception(error)
@@ -360,9 +366,15 @@ class Spool:
                 return segment.requests[0][0]
         return None
 
-    async def accept_oldest(self) -> None:
-        """Record that Kaltura accepted the oldest request."""
-        segment = next(s for s in self._segments if s.requests)
+    async def accept(self, request: SpooledRequest) -> None:
+        """Record that Kaltura accepted ``request``, the oldest when it was sent.
+
+        If the bound dropped it while it was being sent, nothing is
+        recorded: the request now oldest was never sent.
+        """
+        segment = next((s for s in self._segments if s.requests), None)
+        if segment is None or segment.requests[0][0].id != request.id:
+            return
         _, size = segment.requests.popleft()
         segment.acked += 1
         self._count -= 1

@@ -384,3 +384,32 @@ async def test_the_admin_ks_goes_to_kaltura_calls_only(
     assert "?" not in call.target.replace("?format=1", "")  # in the body only
     assert all(admin_ks not in str(headers) for headers in legacy.calls)
     assert "alice" == collect.params["event"]["userId"]
+
+
+async def test_an_answer_that_arrives_in_pieces_is_read_whole(
+    upstream: Upstream, start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    async def slow_whoami(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"id": 7, "user')
+        await asyncio.sleep(0.05)
+        await response.write(b'name": "alice"}')
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/local/whoami/", slow_whoami)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        legacy = LegacyApp(
+            url=f"http://127.0.0.1:{runner.addresses[0][1]}/local/whoami/"
+        )
+        proxy = await start_proxy(upstream.url, rules=lookup_rules(tmp_path, legacy))
+        await send_event(proxy, Cookie=COOKIES)
+    finally:
+        await runner.cleanup()
+
+    assert "alice" == collected(upstream)[0]["userId"]

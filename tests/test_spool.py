@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from proxy.metrics import Metrics
@@ -39,7 +40,7 @@ async def drain(spool: Spool) -> list[str]:
     seen = []
     while (request := spool.oldest()) is not None:
         seen.append(request.target)
-        await spool.accept_oldest()
+        await spool.accept(request)
     return seen
 
 
@@ -60,7 +61,9 @@ async def test_accepted_requests_are_not_given_back_after_a_restart(
     spool, metrics = open_spool(tmp_path)
     await fill(spool, 10)
     for _ in range(4):
-        await spool.accept_oldest()
+        oldest = spool.oldest()
+        assert oldest is not None
+        await spool.accept(oldest)
     assert 4 == metrics.spool_replayed.value()
 
     reopened, _ = open_spool(tmp_path)
@@ -157,3 +160,48 @@ async def test_ids_keep_rising_across_restarts(tmp_path: Path) -> None:
     reopened, _ = open_spool(tmp_path)
     request = await reopened.append("stats", "GET", target(3), HEADERS, b"")
     assert 4 == request.id
+
+
+async def test_a_request_dropped_by_the_bound_while_sent_acknowledges_nothing(
+    tmp_path: Path,
+) -> None:
+    spool, metrics = open_spool(tmp_path, max_bytes=3000, segment_bytes=1000)
+    await fill(spool, 12)
+    sending = spool.oldest()
+    assert sending is not None
+
+    # more events while it is on its way: the bound drops its segment
+    await fill(spool, 8, 12)
+    assert metrics.spool_dropped.value() > 0
+    after_drop = spool.oldest()
+    assert after_drop is not None and after_drop.id != sending.id
+
+    await spool.accept(sending)
+
+    assert after_drop == spool.oldest()  # not acknowledged unsent
+    assert 0 == metrics.spool_replayed.value()
+
+
+async def test_a_write_that_fails_leaves_no_half_line_for_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import proxy.spool as spool_module
+
+    spool, _ = open_spool(tmp_path)
+    await fill(spool, 2)
+    real = spool_module._append_durably
+
+    def half_then_fail(path: Path, data: bytes) -> None:
+        with path.open("ab") as out:
+            out.write(data[:10])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "_append_durably", half_then_fail)
+    with pytest.raises(OSError):
+        await spool.append("stats", "GET", target(2), HEADERS, b"")
+    monkeypatch.setattr(spool_module, "_append_durably", real)
+    await fill(spool, 1, 3)
+
+    reopened, metrics = open_spool(tmp_path)
+    assert [target(0), target(1), target(3)] == await drain(reopened)
+    assert 0 == metrics.spool_dropped.value()

@@ -28,6 +28,23 @@ import orjson
 MAX_ANSWER_BYTES: Final = 1 << 20
 
 
+async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or its first ``limit + 1`` bytes when it is longer.
+
+    ``content.read(n)`` gives what has arrived, not ``n`` bytes: an answer
+    in several chunks needs a loop.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await response.content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 class KalturaCallError(Exception):
     """A call that gave no usable answer; the message names call and cause."""
 
@@ -59,7 +76,7 @@ class KalturaClient:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as response:
-                data = await response.content.read(MAX_ANSWER_BYTES + 1)
+                data = await read_limited(response, MAX_ANSWER_BYTES)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as error:
             raise KalturaCallError(f"{name} at {self.service_url}: {error!r}") from None
