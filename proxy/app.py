@@ -230,6 +230,7 @@ class ProxyApp:
         """Use ``rules`` for requests that start from now on."""
         self.rules = rules
         self.metrics.set_rules(rules.digest)
+        self.services.keep_lookups(rules.lookups.values())
 
     def start(self) -> None:
         """Start the background work: replaying the spool."""

@@ -21,10 +21,11 @@ no event waiting past its time limit. Each ask is counted in
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import aiohttp
@@ -126,6 +127,7 @@ class RemoteServices:
             max_entries=1000,
         )
         self._admin_ks: dict[tuple[int, str], tuple[str, float]] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # caches being closed
         self._warned_no_secret: set[int] = set()
 
     # -- shared plumbing ------------------------------------------------------
@@ -162,11 +164,23 @@ class RemoteServices:
         ]
         for cache in caches:
             await cache.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     # -- lookups ----------------------------------------------------------------
+
+    def keep_lookups(self, lookups: Iterable[LookupSettings]) -> None:
+        """Forget the caches of lookups a reload took away or changed."""
+        keep = set(lookups)
+        for settings in [s for s in self._lookups if s not in keep]:
+            cache = self._lookups.pop(settings)
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(cache.close(), name=f"kstats-close-{cache.name}")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def lookup_user(
         self, settings: LookupSettings, context: SourceContext

@@ -15,7 +15,7 @@ object per line, one line per request as it was to be sent upstream::
 (a value that is not valid UTF-8 is kept as ``target_b64``, or as a
 ``["name", null, "b64"]`` header). Beside a segment, ``segment-<n>.ack``
 holds how many of its lines Kaltura has accepted; a segment accepted
-whole is deleted. ``jq`` reads them; nothing else is kept anywhere.
+whole is deleted, and its number never used again. ``jq`` reads them; nothing else is kept anywhere.
 
 Guarantees:
 
@@ -52,7 +52,10 @@ from proxy.metrics import Metrics
 
 logger = logging.getLogger("kstats.spool")
 
-_SEGMENT: Final = re.compile(r"segment-(\d{8})\.jsonl")
+# segments are numbered by the millisecond they were opened (or one past
+# the newest, if the clock stepped back): a number is never used twice, so
+# an acknowledgement file left over by a crash can never meet a new segment
+_SEGMENT: Final = re.compile(r"segment-(\d{8,})\.jsonl")
 # TODO: every request waiting is also held in memory, so a full spool costs
 # its size in RAM too; reading them back from disk as the replayer goes
 # would free that, and allow a larger default
@@ -130,7 +133,7 @@ class _Segment:
 
     def __init__(self, number: int, directory: Path) -> None:
         self.number = number
-        self.path = directory / f"segment-{number:08d}.jsonl"
+        self.path = directory / f"segment-{number:013d}.jsonl"
         self.ack_path = self.path.with_suffix(".ack")
         self.requests: deque[tuple[SpooledRequest, int]] = deque()  # and its size
         self.acked = 0
@@ -172,6 +175,7 @@ class Spool:
         self._segment_bytes = segment_bytes
         self._segments: deque[_Segment] = deque()
         self._next_id = 1
+        self._last_number = 0  # the newest segment number used
         self._bytes = 0
         self._count = 0
         # requests waiting for the next write, with their writers' futures
@@ -200,6 +204,7 @@ class Spool:
         )
         for number in numbers:
             spool._read_segment(number)
+            spool._last_number = max(spool._last_number, number)
         if spool._count:
             logger.info(
                 "spool %s holds %d requests (%d bytes) to replay",
@@ -328,20 +333,21 @@ class Spool:
     def _writable_segment(self) -> _Segment:
         if self._segments and self._segments[-1].size < self._segment_bytes:
             return self._segments[-1]
-        number = (
-            self._segments[-1].number + 1 if self._segments else self._first_number()
-        )
+        newest = self._segments[-1].number if self._segments else self._newest_on_disk()
+        number = max(int(time.time() * 1000), newest + 1, self._last_number + 1)
+        self._last_number = number
         segment = _Segment(number, self.directory)
+        segment.ack_path.unlink(missing_ok=True)  # never a stale count
         self._segments.append(segment)
         return segment
 
-    def _first_number(self) -> int:
+    def _newest_on_disk(self) -> int:
         numbers = [
             int(m[1])
             for p in self.directory.iterdir()
             if (m := _SEGMENT.fullmatch(p.name))
         ]
-        return max(numbers, default=0) + 1
+        return max(numbers, default=0)
 
     def _enforce_bound(self) -> None:
         # the oldest segment goes first; the one being written stays

@@ -413,3 +413,20 @@ async def test_an_answer_that_arrives_in_pieces_is_read_whole(
         await runner.cleanup()
 
     assert "alice" == collected(upstream)[0]["userId"]
+
+
+async def test_a_reload_that_changes_a_lookup_drops_its_old_cache(
+    upstream: Upstream, start_proxy: ProxyFactory, legacy: LegacyApp, tmp_path: Path
+) -> None:
+    rules = lookup_rules(tmp_path, legacy)
+    proxy = await start_proxy(upstream.url, rules=rules)
+    await send_event(proxy, Cookie=COOKIES)
+    assert 1 == len(proxy.app.services._lookups)
+
+    rules.write_text(rules.read_text().replace('ttl = "10m"', 'ttl = "5m"'))
+    assert await proxy.watcher.reload_now()
+    await send_event(proxy, Cookie=COOKIES)
+
+    (settings,) = proxy.app.services._lookups
+    assert 300 == settings.ttl
+    assert 2 == len(legacy.calls)  # the new settings start a cache afresh

@@ -205,3 +205,19 @@ async def test_a_write_that_fails_leaves_no_half_line_for_the_next(
     reopened, metrics = open_spool(tmp_path)
     assert [target(0), target(1), target(3)] == await drain(reopened)
     assert 0 == metrics.spool_dropped.value()
+
+
+async def test_a_segment_number_is_never_used_twice(tmp_path: Path) -> None:
+    spool, _ = open_spool(tmp_path)
+    await fill(spool, 2)
+    (first,) = tmp_path.glob("segment-*.jsonl")
+    await drain(spool)  # accepted whole: the segment is gone
+    # a count a crash left behind for that number
+    first.with_suffix(".ack").write_text("2\n")
+
+    await fill(spool, 2, 10)
+
+    (second,) = tmp_path.glob("segment-*.jsonl")
+    assert second.name > first.name
+    reopened, _ = open_spool(tmp_path)
+    assert [target(10), target(11)] == await drain(reopened)

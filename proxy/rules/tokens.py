@@ -10,12 +10,15 @@ written out, skips the signature check only (for a gateway that already
 checked it); expiry is always checked.
 
 The signature check is PyJWT's. Tokens repeat on every event of a viewer,
-so what a token yielded is kept (at most :data:`MAX_KEPT` tokens) until
-its own expiry.
+so what a valid token yielded is kept (at most :data:`MAX_KEPT` tokens,
+by a SHA-256 of the token, never the token itself) until its own expiry;
+tokens that fail are remembered for a minute in a smaller set
+(:data:`MAX_REFUSED`), so that junk cannot push valid tokens out.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from typing import Any, Final
 import jwt
 
 MAX_KEPT: Final = 10_000
+MAX_REFUSED: Final = 1_000
 # What each algorithm family needs as a key, for load-time checks.
 SYMMETRIC: Final = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC: Final = frozenset(
@@ -47,34 +51,37 @@ class TokenSettings:
 class TokenClaim:
     """Reads one claim of tokens checked against one ``[jwt]`` section."""
 
-    __slots__ = ("_kept", "claim", "settings")
+    __slots__ = ("_kept", "_refused", "claim", "settings")
 
     def __init__(self, settings: TokenSettings, claim: str) -> None:
         self.settings = settings
         self.claim = claim
-        # token -> (the claim or None, the time the answer holds until)
-        self._kept: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+        # digest of a token -> (its claim, the time the answer holds until)
+        self._kept: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._refused: OrderedDict[bytes, float] = OrderedDict()
 
     def read(self, token: str) -> str | None:
         """The claim of a valid token; None for any token that is not."""
         now = time.time()
-        kept = self._kept.get(token)
+        key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        kept = self._kept.get(key)
         if kept is not None and kept[1] > now:
             return kept[0]
+        refused_until = self._refused.get(key)
+        if refused_until is not None and refused_until > now:
+            return None
 
         claims = self._check(token)
         value = claims.get(self.claim) if claims is not None else None
         if isinstance(value, bool) or not isinstance(value, str | int):
-            value = None
-        answer = None if value is None else str(value)
+            _remember(self._refused, key, now + 60, MAX_REFUSED)
+            return None
 
-        # keep the answer until the token expires; a bad token for a minute
+        # keep the answer until the token expires, an hour at most
         expiry = claims.get("exp") if claims is not None else None
         holds_until = float(expiry) if isinstance(expiry, int | float) else now + 60
-        self._kept[token] = (answer, min(holds_until, now + 3600))
-        if len(self._kept) > MAX_KEPT:
-            self._kept.popitem(last=False)
-        return answer
+        _remember(self._kept, key, (str(value), min(holds_until, now + 3600)), MAX_KEPT)
+        return str(value)
 
     def _check(self, token: str) -> dict[str, Any] | None:
         settings = self.settings
@@ -98,3 +105,12 @@ class TokenClaim:
         except jwt.PyJWTError:
             return None
         return claims if isinstance(claims, dict) else None
+
+
+def _remember(
+    kept: OrderedDict[bytes, Any], key: bytes, value: Any, bound: int
+) -> None:
+    kept[key] = value
+    kept.move_to_end(key)
+    if len(kept) > bound:
+        kept.popitem(last=False)

@@ -237,3 +237,21 @@ def test_a_jwt_source_must_name_a_section(tmp_path: Path) -> None:
     with pytest.raises(RulesError) as raised:
         load_rules(path)
     assert "decode = 'jwt' needs jwt = NAME" in raised.value.problems[0]
+
+
+def test_junk_tokens_cannot_push_a_valid_one_out(hs_rules: Path) -> None:
+    from proxy.rules.tokens import MAX_REFUSED
+
+    rules = load_rules(hs_rules)
+    (source,) = rules.rules[0].sources[Field.USER_ID]
+    claim = source.token  # type: ignore[attr-defined]
+    good = jwt.encode(claims(), HS_SECRET, algorithm="HS256")
+    assert "erin@example.edu" == claim.read(good)
+
+    for number in range(MAX_REFUSED * 3):
+        assert claim.read(f"junk.{number}.token") is None
+
+    assert len(claim._refused) == MAX_REFUSED
+    assert good.encode() not in b"".join(claim._kept)  # kept by digest only
+    assert "erin@example.edu" == claim.read(good)
+    assert 1 == len(claim._kept)
