@@ -283,7 +283,12 @@ class EventConnection(asyncio.Protocol):
             )
 
     def _refuse(self, status: bytes, body: bytes, reason: str) -> None:
-        """Answer ``status`` with a short plain ``body`` and close the connection."""
+        """Answer ``status`` with a short plain ``body`` and close the connection.
+
+        TODO: input still unread when the socket closes can make the kernel
+        send a reset that overtakes the answer; reading on for a moment
+        before closing (as servers' lingering close does) would deliver it.
+        """
         self._cancel_deadline()
         transport = self._transport
         if transport is None:
