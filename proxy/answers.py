@@ -37,17 +37,6 @@ _XML_HEAD: Final = '<?xml version="1.0" encoding="utf-8"?><xml><result>'
 _XML_TAIL: Final = "</result><executionTime>0</executionTime></xml>"
 
 
-def _param(recognised: Recognised, name: str) -> str | None:
-    """A request parameter: the URL's first, then the body's (PROTOCOL.md 1.1)."""
-    value = recognised.query.get(name)
-    if value is None and recognised.form is not None:
-        value = recognised.form.get(name)
-    if value is None and recognised.json is not None:
-        found = recognised.json.data.get(name)
-        value = None if found is None else str(found)
-    return value
-
-
 def _sub_requests(recognised: Recognised) -> int:
     """How many calls a multirequest holds, counted by their ``N:service``."""
     keys: set[str] = set()
@@ -90,7 +79,7 @@ def accepted_answer(
     elif recognised.kind is not RequestKind.STATS:
         return None
 
-    fmt = _param(recognised, "format") or "2"
+    fmt = recognised.param("format") or "2"
     if fmt == "1":
         headers["Content-Type"] = "application/json"
         return 200, headers, orjson.dumps(results)

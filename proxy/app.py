@@ -42,6 +42,7 @@ from proxy.headers import (
 from proxy.kaltura.ks import NO_SECRETS, AdminSecrets
 from proxy.kaltura.recognise import Recognised, RequestKind, is_api_path, recognise
 from proxy.kaltura.session import KsReader
+from proxy.log import error_gist
 from proxy.metrics import Metrics, event_type_label
 from proxy.normalize import (
     DEFAULT_MAX_LINE,
@@ -170,11 +171,6 @@ async def _continue(request: web.BaseRequest) -> None:
     if request.headers.get("Expect", "").lower() == "100-continue":
         major, minor = request.version
         await request.writer.write(b"HTTP/%d.%d 100 Continue\r\n\r\n" % (major, minor))
-
-
-def _gist(error: Exception) -> str:
-    """An error's message up to the first quoted value, which may be personal."""
-    return str(error).split(":", 1)[0]
 
 
 def _plain(status: int, text: str) -> web.Response:
@@ -413,7 +409,7 @@ class ProxyApp:
         except ValueError as error:
             # a request the pool refuses to write (control bytes in it); the
             # message quotes the target, user ids and KSes with it
-            problem = str(error) if self.settings.log_sensitive else _gist(error)
+            problem = str(error) if self.settings.log_sensitive else error_gist(error)
             logger.info("refused to forward a %s request: %s", kind, problem)
             self.metrics.rejected.inc("bad_request")
             return _plain_answer(400, "Bad Request", "invalid request\n"), None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -32,29 +33,35 @@ def current_style() -> LogStyle:
     return _style
 
 
-# time stamps change once a second: the formatted second is kept
-_json_second: tuple[int, str] = (-1, "")
-_text_second: tuple[int, str] = (-1, "")
+class _Stamp:
+    """Time stamps in one format; the formatted second is kept, as it changes
+    once a second while lines come many times a second."""
+
+    def __init__(
+        self, form: str, convert: Callable[[float], time.struct_time], ms: str
+    ) -> None:
+        self._form = form
+        self._convert = convert
+        self._ms = ms  # how milliseconds follow: ".{:03d}Z" or ",{:03d}"
+        self._second = (-1, "")
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime(self._form, self._convert(second)))
+        return self._second[1] + self._ms.format(int((created - second) * 1000))
 
 
-def json_time(created: float) -> str:
-    """``created`` as UTC ISO 8601 with milliseconds: 2026-12-03T12:00:00.123Z."""
-    global _json_second
-    second = int(created)
-    if second != _json_second[0]:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _json_second = (second, text)
-    return f"{_json_second[1]}.{int((created - second) * 1000):03d}Z"
+# ``created`` as UTC ISO 8601 with milliseconds: 2026-12-03T12:00:00.123Z
+json_time = _Stamp("%Y-%m-%dT%H:%M:%S", time.gmtime, ".{:03d}Z")
+# ``created`` in local time as logging's ``asctime`` writes it
+text_time = _Stamp("%Y-%m-%d %H:%M:%S", time.localtime, ",{:03d}")
 
 
-def text_time(created: float) -> str:
-    """``created`` in local time as logging's ``asctime`` writes it."""
-    global _text_second
-    second = int(created)
-    if second != _text_second[0]:
-        text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        _text_second = (second, text)
-    return f"{_text_second[1]},{int((created - second) * 1000):03d}"
+def error_gist(error: Exception) -> str:
+    """An error's message up to the first quoted value, which may be personal
+    (a target with its KS and userId): what logs say unless --log-sensitive."""
+    return str(error).split(":", 1)[0]
 
 
 class JsonFormatter(logging.Formatter):

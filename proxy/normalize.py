@@ -70,16 +70,6 @@ class Normalised:
     fmt: str = "1"  # the answer format of a multirequest: "1" JSON, "2" XML
 
 
-def _param(recognised: Recognised, name: str) -> str | None:
-    value = recognised.query.get(name)
-    if value is None and recognised.form is not None:
-        value = recognised.form.get(name)
-    if value is None and recognised.json is not None:
-        found = recognised.json.data.get(name)
-        value = None if found is None or isinstance(found, dict) else str(found)
-    return value
-
-
 def event_get(event: EventView, fmt: str, callback: str | None) -> str:
     """The GET target carrying ``event`` with its KS and client tag."""
     params: list[tuple[str, str]] = [
@@ -109,7 +99,7 @@ def normalise(
     if recognised.kind is RequestKind.STATS:
         if method == "GET" and recognised.body_kind is BodyKind.NONE:
             return "not_needed"
-        fmt = _param(recognised, "format") or "2"
+        fmt = recognised.param("format") or "2"
         callback = recognised.query.get("callback") if fmt == "9" else None
         target = event_get(recognised.events[0], fmt, callback)
         if len(target) + 16 > max_line:
@@ -118,7 +108,7 @@ def normalise(
 
     if recognised.kind is not RequestKind.MULTIREQUEST or not recognised.events:
         return "not_needed"
-    fmt = _param(recognised, "format") or "2"
+    fmt = recognised.param("format") or "2"
     if fmt not in ("1", "2"):
         return "format"
     calls = _calls(recognised)

@@ -15,7 +15,8 @@ object per line, one line per request as it was to be sent upstream::
 (a value that is not valid UTF-8 is kept as ``target_b64``, or as a
 ``["name", null, "b64"]`` header). Beside a segment, ``segment-<n>.ack``
 holds how many of its lines Kaltura has accepted; a segment accepted
-whole is deleted, and its number never used again. ``jq`` reads them; nothing else is kept anywhere.
+whole is deleted, and its number never used again. ``jq`` reads them;
+nothing else is kept anywhere.
 
 Guarantees:
 

@@ -83,6 +83,17 @@ class Recognised:
             return orjson.dumps(self.json.data)
         return original
 
+    def param(self, name: str) -> str | None:
+        """A request-level parameter: the URL's first, then the body's, as
+        Kaltura merges them (PROTOCOL.md 1.1); None for a JSON object."""
+        value = self.query.get(name)
+        if value is None and self.form is not None:
+            value = self.form.get(name)
+        if value is None and self.json is not None:
+            found = self.json.data.get(name)
+            value = None if found is None or isinstance(found, dict) else str(found)
+        return value
+
     @property
     def body_changed(self) -> bool:
         form_changed = self.form is not None and self.form.changed

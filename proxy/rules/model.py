@@ -91,8 +91,8 @@ class LookupSettings:
     The proxy sends ``GET url`` carrying only the request's cookies named
     in ``forward_cookies`` (a name ending in ``*`` takes every cookie with
     that prefix) and the fixed ``headers``; from a 200 JSON answer it takes
-    the value at ``field`` (dotted: ``d.LoginName``, kept as ``field_path``), then the first group
-    of ``pattern`` when one is given. 401, 403 and 404 mean "nobody";
+    the value at ``field`` (dotted: ``d.LoginName``; kept as ``field_path``),
+    then the first group of ``pattern`` when one is given. 401, 403 and 404 mean "nobody";
     anything else is a failure. Answers are kept ``ttl`` seconds, nobodies
     and failures ``negative_ttl``, at most ``max_entries``; a caller waits at
     most ``timeout`` seconds.
